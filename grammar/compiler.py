@@ -1,0 +1,627 @@
+"""Rule files → immutable `Rule` objects, with every error of a file located.
+
+The Lark parser (LALR, contextual lexer) is built once per process, with the
+`RuleBuilder` transformer plugged into it so that no parse tree is ever kept.
+A file that parses cleanly costs one parse; a file with errors is re-parsed rule by
+rule so that each broken rule yields exactly one error and the good ones still load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from types import SimpleNamespace
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path as FsPath
+from typing import Any, Iterable
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from engine.errors import Diagnostic, Location, did_you_mean
+from engine.windows import parse_window
+from grammar.model import (
+    And, ChangeTrigger, Compare, Contains, EventTrigger, In, IsSet, Literal, Matches, Not,
+    OncePer, Or, PathRef, Recipient, Rule, ScheduleTrigger, Send, StateTrigger, Subscribe,
+)
+
+GRAMMAR_FILE = FsPath(__file__).with_name("rules.lark")
+
+# Roots of paths that are not an entity's own fields.
+SPECIAL_ROOTS = frozenset({"event", "previous", "site"})
+
+KEYWORDS = (
+    "rule", "on", "if", "after", "once", "per", "within", "send", "to", "using", "text",
+    "from", "between", "stale", "copy", "admins", "user", "department", "group",
+    "subscribers", "subscribe", "unsubscribe", "changes", "every", "day", "at", "cron",
+    "and", "or", "not", "in", "matches", "contains", "is", "set", "true", "false", "null",
+    "sms", "viber", "omni",
+)
+
+# What the parser expected, in words a rule author knows (never token names).
+TERMINAL_WORDS = {
+    "PATH": "a field path (like order.status)",
+    "STAR": "*",
+    "STRING": 'a string in double quotes',
+    "NUMBER": "a number",
+    "DURATION": "a duration (like 15m, 2h or 1d)",
+    "TIME": "a time (like 10:00)",
+    "WINDOW": "a window (like 09:00-21:00)",
+    "COMPARE": "a comparison (==, !=, <, <=, >, >=)",
+    "ON": "`on`",
+    "RULE": "`rule`",
+    "SEND": "`send`",
+    "COMMA": "`,`",
+    "LPAR": "`(`",
+    "RPAR": "`)`",
+    "LSQB": "`[`",
+    "RSQB": "`]`",
+    "$END": "the end of the file",
+}
+
+
+class _Placeholder:
+    """Stands in for a piece that already produced an error, so parsing goes on."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledFile:
+    path: str
+    rules: tuple[Rule, ...]
+    diagnostics: tuple[Diagnostic, ...]
+
+
+def _loc(builder: "RuleBuilder", token: Token) -> Location:
+    return Location(builder.file, token.line, token.column)
+
+
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    return timedelta(seconds=sum(int(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text)))
+
+
+def _unquote(token: Token) -> str:
+    body = token[1:-1]
+    if "\\" not in body:
+        return body
+    return re.sub(r'\\(.)', lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), body)
+
+
+class RuleBuilder(Transformer):
+    """Builds model objects bottom-up while the LALR parser reduces."""
+
+    def __init__(self) -> None:
+        super().__init__(visit_tokens=False)
+        self.file = "<rules>"
+        self.problems: list[Diagnostic] = []
+        self.lines: list[str] = []
+
+    def reset(self, file: str, text: str) -> None:
+        self.file, self.problems, self.lines = file, [], text.split("\n")
+
+    def _error(self, message: str, token: Token, hint: str | None = None) -> _Placeholder:
+        line = self.lines[token.line - 1] if 0 < token.line <= len(self.lines) else None
+        self.problems.append(Diagnostic(message, _loc(self, token), "error", hint, line))
+        return _Placeholder()
+
+    # ---- file and rule ----
+    def start(self, items: list) -> list:
+        return [r for r in items if isinstance(r, Rule)]
+
+    def rule_name(self, items: list) -> tuple[str, Token]:
+        (token,) = items
+        return _unquote(token), token
+
+    def rule(self, items: list) -> Rule | _Placeholder:
+        name = None
+        if isinstance(items[0], tuple):
+            (name, name_token), items = items[0], items[1:]
+            location = _loc(self, name_token)
+        else:
+            location = None
+        on_token, trigger, rest = items[0], items[1], items[2:]
+        location = location or _loc(self, on_token)
+        condition = after = once = None
+        actions = []
+        for item in rest:
+            kind = item[0] if isinstance(item, tuple) else None
+            if kind == "if":
+                if condition is not None:
+                    return self._error("a rule has at most one `if`", item[2], "join the conditions with `and`")
+                condition = item[1]
+            elif kind == "after":
+                if after is not None:
+                    return self._error("a rule has at most one `after`", item[2])
+                after = item[1]
+            elif kind == "once":
+                if once is not None:
+                    return self._error("a rule has at most one `once per`", item[2])
+                once = item[1]
+            else:
+                actions.append(item)
+        parts = [trigger, condition, once, *actions]
+        if any(isinstance(p, _Placeholder) for p in parts) or (once and any(isinstance(k, _Placeholder) for k in once.keys)):
+            return _Placeholder()
+        if after is not None and isinstance(trigger, ScheduleTrigger):
+            return self._error("`after` cannot delay a schedule trigger", on_token,
+                               "schedule the rule for the later time instead")
+        rule = Rule("", name, trigger, condition, after, once, tuple(actions), location)
+        rule_id = name or "r" + hashlib.sha1(rule.canonical().encode()).hexdigest()[:12]
+        return Rule(rule_id, name, trigger, condition, after, once, tuple(actions), location)
+
+    # ---- triggers ----
+    def trigger_expr(self, items: list):
+        (expr,) = items
+        if isinstance(expr, _Placeholder):
+            return expr
+        if isinstance(expr, PathRef):
+            if expr.path[0] in SPECIAL_ROOTS and len(expr.path) > 1:
+                return self._error(f"`{expr}` is not an event type", self._token_of(expr),
+                                   "write an event type like order.created, or a condition like order.status == \"F\"")
+            return EventTrigger(expr.dotted)
+        wild = [p for p in expr.paths() if "*" in p]
+        if wild:
+            return self._error("`*` matches event types only, not fields in a condition", self._token_of(expr))
+        entities = [p[0] for p in expr.paths() if p[0] not in SPECIAL_ROOTS]
+        if not entities:
+            return self._error("a state condition must read an entity's field", self._token_of(expr),
+                               'e.g. on order.status == "F"')
+        return StateTrigger(entities[0], expr)
+
+    def _token_of(self, expr) -> Token:
+        """A stand-in token at the first located place inside `expr`, for error positions."""
+        location = _first_location(expr)
+        if location is None:
+            return Token("PATH", "", line=0, column=0)
+        return Token("PATH", "", line=location.line, column=location.col)
+
+    def trigger_changes(self, items: list):
+        path, from_value, to_value = items[0], None, None
+        for item in items[1:]:
+            if item[0] == "from":
+                from_value = item[1]
+            else:
+                to_value = item[1]
+        if isinstance(path, _Placeholder):
+            return path
+        if len(path.path) < 2 or path.path[0] in SPECIAL_ROOTS or "*" in path.path:
+            return self._error("`changes` needs an entity's field, like order.status", self._token_of(path))
+        return ChangeTrigger(path.path[0], path.path, from_value, to_value)
+
+    def change_from(self, items: list):
+        return ("from", items[0])
+
+    def change_to(self, items: list):
+        return ("to", items[0])
+
+    def every_interval(self, items: list):
+        (token,) = items
+        interval = parse_duration(token)
+        if interval < timedelta(minutes=1) or interval.total_seconds() % 60:
+            return self._error("a schedule interval must be whole minutes (at least 1m)", token)
+        if interval > timedelta(days=1) or (86400 % int(interval.total_seconds())):
+            return self._error(f"`every {token}` does not divide a day evenly", token,
+                               'use `every day at HH:MM` or `cron "…"` for longer or irregular periods')
+        return ScheduleTrigger("interval", interval=interval)
+
+    def every_day(self, items: list):
+        times = []
+        for token in items:
+            hour, minute = map(int, token.split(":"))
+            if hour > 23 or minute > 59:
+                return self._error(f"{token} is not a time of day", token, "use 00:00 to 23:59")
+            times.append(f"{hour:02d}:{minute:02d}")
+        return ScheduleTrigger("daily", times=tuple(times))
+
+    def cron(self, items: list):
+        (token,) = items
+        from engine.schedule import is_valid_cron
+        expression = _unquote(token).strip()
+        if not is_valid_cron(expression):
+            return self._error(f'"{expression}" is not a valid cron expression', token,
+                               'five fields: minute hour day-of-month month day-of-week, e.g. "0 10 * * 1-5"')
+        return ScheduleTrigger("cron", cron=expression)
+
+    # ---- clauses ----
+    def if_clause(self, items: list):
+        return ("if", items[0], self._token_of(items[0]))
+
+    def after_clause(self, items: list):
+        (token,) = items
+        return ("after", parse_duration(token), token)
+
+    def once_clause(self, items: list):
+        within = None
+        if items and isinstance(items[-1], tuple) and items[-1][0] == "within":
+            within, items = items[-1][1], items[:-1]
+        return ("once", OncePer(tuple(items), within), self._token_of(items[0]))
+
+    def within(self, items: list):
+        return ("within", parse_duration(items[0]))
+
+    # ---- expressions ----
+    def or_(self, items: list):
+        if len(items) == 1:
+            return items[0]
+        return _Placeholder() if _broken(items) else Or(tuple(items))
+
+    def and_(self, items: list):
+        if len(items) == 1:
+            return items[0]
+        return _Placeholder() if _broken(items) else And(tuple(items))
+
+    def not_(self, items: list):
+        return _Placeholder() if _broken(items) else Not(items[0])
+
+    def compare(self, items: list):
+        left, op, right = items
+        return _Placeholder() if _broken((left, right)) else Compare(str(op), left, right)
+
+    def in_(self, items: list):
+        return _Placeholder() if _broken(items) else In(items[0], items[1])
+
+    def not_in(self, items: list):
+        return _Placeholder() if _broken(items) else In(items[0], items[1], negate=True)
+
+    def matches(self, items: list):
+        subject, token = items
+        pattern = _unquote(token)
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            return self._error(f"invalid regular expression: {exc.msg}", token)
+        return _Placeholder() if _broken((subject,)) else Matches(subject, pattern, regex)
+
+    def contains(self, items: list):
+        return _Placeholder() if _broken(items) else Contains(items[0], items[1])
+
+    def is_set(self, items: list):
+        return _Placeholder() if _broken(items) else IsSet(items[0])
+
+    def is_not_set(self, items: list):
+        return _Placeholder() if _broken(items) else IsSet(items[0], negate=True)
+
+    def path(self, items: list):
+        (token,) = items
+        return PathRef(tuple(str(token).split(".")), _loc(self, token))
+
+    def string(self, items: list):
+        return Literal(_unquote(items[0]))
+
+    def number(self, items: list):
+        text = str(items[0])
+        from decimal import Decimal
+        return Literal(int(text) if "." not in text else Decimal(text))
+
+    def true(self, items: list):
+        return Literal(True)
+
+    def false(self, items: list):
+        return Literal(False)
+
+    def null(self, items: list):
+        return Literal(None)
+
+    def list(self, items: list):
+        return Literal(tuple(i.value for i in items if i is not None))
+
+    # ---- actions ----
+    def sms(self, items: list):
+        return ("channel", "sms")
+
+    def viber(self, items: list):
+        return ("channel", "viber")
+
+    def omni(self, items: list):
+        return ("channel", "omni")
+
+    def send(self, items: list):
+        send_token, items = items[0], items[1:]
+        channel = None
+        if isinstance(items[0], tuple) and items[0][0] == "channel":
+            channel, items = items[0][1], items[1:]
+        recipients, content, options = items[0], items[1], items[2:]
+        fields: dict[str, Any] = {}
+        for name, value, token in options:
+            if name in fields:
+                return self._error(f"`{_OPTION_WORDS[name]}` is given twice", token)
+            fields[name] = value
+            if name in ("sender", "window"):
+                fields[name + "_token"] = token
+        if _broken(recipients) or any(isinstance(v, _Placeholder) for v in fields.values()):
+            return _Placeholder()
+        kind, value, content_token = content
+        sender_token = fields.get("sender_token")
+        return Send(
+            channel=channel, recipients=tuple(recipients),
+            template=value if kind == "using" else None,
+            text=value if kind == "text" else None,
+            sender=fields.get("sender"), window=fields.get("window"),
+            stale_after=fields.get("stale"), copy_admins=fields.get("copy", False),
+            location=_loc(self, send_token), template_location=_loc(self, content_token),
+            sender_location=_loc(self, sender_token) if sender_token is not None else None,
+        )
+
+    def subscribe(self, items: list):
+        path, token = items
+        return Subscribe(path.path, _unquote(token), True, path.location)
+
+    def unsubscribe(self, items: list):
+        path, token = items
+        return Subscribe(path.path, _unquote(token), False, path.location)
+
+    def using(self, items: list):
+        return ("using", _unquote(items[0]), items[0])
+
+    def text(self, items: list):
+        return ("text", _unquote(items[0]), items[0])
+
+    def from_sender(self, items: list):
+        return ("sender", _unquote(items[0]), items[0])
+
+    def between(self, items: list):
+        (token,) = items
+        text = _unquote(token) if token.type == "STRING" else str(token)
+        try:
+            return ("window", parse_window(text), token)
+        except ValueError as exc:
+            return ("window", self._error(f"invalid window {text!r}: {exc}", token), token)
+
+    def stale_after(self, items: list):
+        return ("stale", parse_duration(items[0]), items[0])
+
+    def copy_admins(self, items: list):
+        return ("copy", True, None)
+
+    def recipients(self, items: list):
+        return items
+
+    def to_path(self, items: list):
+        path = items[0]
+        if "*" in path.path or path.path[0] in ("event",):
+            return self._error(f"`{path}` cannot hold a phone number", self._token_of(path))
+        return Recipient("path", path.path, path.location)
+
+    def to_literal(self, items: list):
+        return Recipient("phone", _unquote(items[0]), _loc(self, items[0]))
+
+    def to_user(self, items: list):
+        return Recipient("user", items[0].path, items[0].location)
+
+    def to_admins(self, items: list):
+        return Recipient("admins")
+
+    def to_department(self, items: list):
+        return Recipient("department", _unquote(items[0]), _loc(self, items[0]))
+
+    def to_group(self, items: list):
+        return Recipient("group", _unquote(items[0]), _loc(self, items[0]))
+
+    def to_subscribers(self, items: list):
+        return Recipient("subscribers", _unquote(items[0]), _loc(self, items[0]))
+
+
+_OPTION_WORDS = {"sender": "from", "window": "between", "stale": "stale after", "copy": "copy admins"}
+
+
+def _first_location(node) -> Location | None:
+    if isinstance(node, PathRef):
+        return node.location
+    for child in (getattr(node, name, None) for name in ("left", "item", "subject", "operand", "right", "container", "needle")):
+        if child is not None and (found := _first_location(child)):
+            return found
+    for child in getattr(node, "operands", ()):
+        if found := _first_location(child):
+            return found
+    return None
+
+
+def _broken(items: Iterable) -> bool:
+    return any(isinstance(i, _Placeholder) for i in items)
+
+
+# ---- the parser, built once --------------------------------------------------------
+
+_lock = threading.Lock()
+_builder: RuleBuilder | None = None
+_parser: Lark | None = None
+
+
+def _get_parser() -> tuple[Lark, RuleBuilder]:
+    global _parser, _builder
+    if _parser is None:
+        _builder = RuleBuilder()
+        _parser = Lark(GRAMMAR_FILE.read_text(encoding="utf-8"), parser="lalr", lexer="contextual",
+                       transformer=_builder, maybe_placeholders=False, cache=False)
+    return _parser, _builder
+
+
+def compile_text(text: str, file: str = "<rules>") -> CompiledFile:
+    """Compile one rule file's text. Never raises on bad input: see `diagnostics`."""
+    with _lock:
+        parser, builder = _get_parser()
+        builder.reset(file, text)
+        try:
+            rules = parser.parse(text)
+            problems = builder.problems
+        except (UnexpectedInput, VisitError):
+            rules, problems = _compile_rule_by_rule(parser, builder, text, file)
+    return CompiledFile(file, tuple(rules), tuple(problems))
+
+
+def compile_file(path: str | FsPath, display: str | None = None) -> CompiledFile:
+    path = FsPath(path)
+    name = display or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        return CompiledFile(name, (), (Diagnostic("the file is not UTF-8", Location(name, line, 1), "error",
+                                                  "save rule files as UTF-8"),))
+    except OSError as exc:
+        return CompiledFile(name, (), (Diagnostic(f"cannot read the file: {exc.strerror}", Location(name)),))
+    return compile_text(text, name)
+
+
+# ---- error recovery: one clean error per broken rule -------------------------------------
+
+_RULE_START = re.compile(r'"(?:[^"\\\n]|\\.)*"|#[^\n]*|\b(rule|on)\b')
+
+
+def _rule_starts(text: str) -> list[int]:
+    """Offsets where a rule begins: `rule "…"` or an `on` not right after a rule name."""
+    starts, pending_name = [], False
+    for m in _RULE_START.finditer(text):
+        word = m.group(1)
+        if word == "rule":
+            starts.append(m.start())
+            pending_name = True
+        elif word == "on":
+            if not pending_name:
+                starts.append(m.start())
+            pending_name = False
+        elif m.group(0).startswith('"') and pending_name:
+            continue                      # the rule's name; its `on` follows
+        elif not m.group(0).startswith("#"):
+            pending_name = False
+    return starts
+
+
+def _compile_rule_by_rule(parser: Lark, builder: RuleBuilder, text: str, file: str):
+    lines = text.split("\n")
+    starts = _rule_starts(text)
+    if not starts or text[: starts[0]].strip(" \t\r\n") and not _only_comments(text[: starts[0]]):
+        starts = [0] + starts
+    rules, problems = [], []
+    for i, begin in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else len(text)
+        chunk = _blank_prefix(text[:begin]) + text[begin:end]
+        builder.reset(file, text)
+        try:
+            rules.extend(parser.parse(chunk))
+            problems.extend(builder.problems)
+        except UnexpectedInput as exc:
+            problems.extend(builder.problems)
+            problems.append(_syntax_diagnostic(exc, parser, file, lines, chunk))
+        except VisitError as exc:           # a bug of ours, reported where it happened
+            problems.append(Diagnostic(f"internal error: {exc.orig_exc}", Location(file, 1, 1)))
+    return rules, problems
+
+
+def _only_comments(text: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("#") for line in text.split("\n"))
+
+
+def _blank_prefix(prefix: str) -> str:
+    """Keeps line and column numbers right when parsing a slice of the file."""
+    return "".join(c if c == "\n" else " " for c in prefix)
+
+
+# ---- syntax errors in words ---------------------------------------------------------------
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*|\S")
+
+
+def _syntax_diagnostic(exc: UnexpectedInput, parser: Lark, file: str, lines: list[str], chunk: str) -> Diagnostic:
+    line, col = max(exc.line, 1), max(exc.column, 1)
+    if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
+        expected = _precise_accepts(exc) or getattr(exc, "expected", None) or getattr(exc, "accepts", None) or set()
+        last = chunk.rstrip()
+        line = last.count("\n") + 1
+        col = len(last) - (last.rfind("\n") + 1) + 1
+        found, expected_set = "the end of the file", set(expected)
+    elif isinstance(exc, UnexpectedToken):
+        expected_set = _precise_accepts(exc) or set(exc.accepts or exc.expected)
+        found = exc.token
+    else:
+        assert isinstance(exc, UnexpectedCharacters)
+        expected_set = _precise_accepts(exc) or set(exc.allowed or ())
+        match = _WORD.match(chunk, exc.pos_in_stream)
+        found = match.group(0) if match else chunk[exc.pos_in_stream:exc.pos_in_stream + 1]
+    source = lines[line - 1] if 0 < line <= len(lines) else None
+    location = Location(file, line, col)
+    words = _expected_words(parser, expected_set)
+    found_text = found if isinstance(found, str) else str(found)
+    message, hint = _explain(found_text, words, expected_set, parser)
+    return Diagnostic(message, location, "error", hint, source)
+
+
+def _precise_accepts(exc: UnexpectedInput) -> set[str]:
+    """What the parser could really take here: LALR's own sets merge contexts."""
+    from lark.parsers.lalr_interactive_parser import InteractiveParser
+    from lark.parsers.lalr_parser_state import ParserState
+
+    state = getattr(exc, "state", None)
+    if not isinstance(state, ParserState):
+        interactive = getattr(exc, "interactive_parser", None)
+        state = getattr(interactive, "parser_state", None)
+    if state is None or _builder is None:
+        return set()
+    kept = len(_builder.problems)      # trial reductions run our callbacks; undo their notes
+    probe = InteractiveParser(None, state, SimpleNamespace(_Token=Token))
+    accepted = set()
+    try:
+        for name in probe.choices():
+            if not name.isupper() or name in ("COMMENT", "WS"):
+                continue
+            trial = probe.copy()
+            try:
+                trial.feed_token(Token(name, ""))
+            except Exception:          # this terminal cannot come next
+                continue
+            accepted.add(name)
+    finally:
+        del _builder.problems[kept:]
+    return accepted
+
+
+def _expected_words(parser: Lark, names: set[str]) -> list[str]:
+    by_name = {t.name: t for t in parser.terminals}
+    words = set()
+    for name in names:
+        terminal = by_name.get(name)
+        if name in TERMINAL_WORDS:
+            words.add(TERMINAL_WORDS[name])
+        elif terminal is not None and terminal.pattern.type == "str":
+            words.add(f"`{terminal.pattern.value}`")
+        elif terminal is not None and (keyword := re.match(r"[a-z]+(?=\(\?!)", terminal.pattern.value)):
+            words.add(f"`{keyword.group(0)}`")
+        else:
+            words.add(name.lower())
+    return sorted(words, key=lambda w: (not w.startswith("`"), w))
+
+
+def _explain(found: str, words: list[str], names: set[str], parser: Lark) -> tuple[str, str | None]:
+    shown = "the end of the file" if found == "the end of the file" else f"`{found}`"
+    expected = _join_or(words)
+    message = f"unexpected {shown}; expected {expected}"
+    keywords = [w.strip("`") for w in words if w.startswith("`") and w.strip("`").isalpha()]
+    hint = None
+    if found == "=":
+        hint = "compare with `==`"
+    elif found == "'":
+        hint = "strings use double quotes: \"like this\""
+    elif found == '"':
+        hint = "a string must close on the same line with a double quote"
+    elif found.isidentifier() and keywords:
+        hint = did_you_mean(found.lower(), keywords)
+        if hint is None and found.lower() in KEYWORDS and "PATH" in names:
+            hint = f"`{found}` is a keyword here; use another field name or write it in another form"
+    elif found.isidentifier() and not keywords and "STRING" in names:
+        hint = f'put it in double quotes: "{found}"'
+    return message, hint
+
+
+def _join_or(words: list[str]) -> str:
+    if not words:
+        return "nothing more"
+    if len(words) == 1:
+        return words[0]
+    if len(words) > 16:
+        return ", ".join(words[:16]) + f" or {len(words) - 16} more"
+    return ", ".join(words[:-1]) + " or " + words[-1]
