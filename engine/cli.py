@@ -1,0 +1,160 @@
+"""The `herald` command line (CONFIG.md "Commands")."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+from engine.errors import ConfigError, EventError, HeraldError, LoadError
+from engine.events import parse_time
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE", default=None,
+                        help="config file (default: herald.yaml in the working directory)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="herald", description="Rules-driven notifications for online shops.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate config, rules and templates")
+    _add_config(p)
+    p.add_argument("--strict", action="store_true", help="fail on warnings too")
+    p.add_argument("paths", nargs="*", help="rule files or folders to check (default: the configured rules)")
+
+    p = sub.add_parser("simulate", help="dry run of one event")
+    _add_config(p)
+    p.add_argument("event", metavar="EVENT.json")
+    p.add_argument("--at", metavar="TIME", help="the time to simulate at (ISO 8601; default: the event's time)")
+    p.add_argument("--state", metavar="STATE.json", help="previous entity states and a directory")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("test", help="run rule tests")
+    _add_config(p)
+    p.add_argument("path", nargs="?", default=None, help="a test file or folder (default: rules/tests)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print failures and the summary only")
+
+    p = sub.add_parser("run", help="run Herald")
+    _add_config(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"check": cmd_check, "simulate": cmd_simulate, "test": cmd_test, "run": cmd_run}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(exc.format(), file=sys.stderr)
+        return 2
+    except LoadError as exc:
+        print(exc.format(), file=sys.stderr)
+        return 1
+    except EventError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except HeraldError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _project(args, strict: bool = False, rules_path: Path | None = None):
+    from engine.loader import load_project
+    return load_project(args.config, rules_path=rules_path, strict=strict)
+
+
+def cmd_check(args) -> int:
+    from engine.config import load_config
+    from engine.loader import load_project
+    from engine.errors import RulesError
+
+    config = load_config(args.config)
+    paths = [Path(p) for p in args.paths] or [None]
+    diagnostics, rule_count, failed = [], 0, False
+    for path in paths:
+        try:
+            project = load_project(config, rules_path=path)
+            diagnostics += project.diagnostics
+            rule_count += len(project.rules)
+        except RulesError as exc:
+            diagnostics += exc.diagnostics
+            failed = True
+    seen = set()
+    for d in diagnostics:
+        if d not in seen:
+            seen.add(d)
+            print(d.format(), file=sys.stderr)
+    errors = sum(1 for d in seen if d.is_error)
+    warnings = len(seen) - errors
+    if failed or errors:
+        print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
+        return 1
+    print(f"ok: {rule_count} rule(s), {len(project.templates.templates)} template(s), {warnings} warning(s)")
+    return 1 if args.strict and warnings else 0
+
+
+def cmd_simulate(args) -> int:
+    from engine.simulate import format_simulation, read_json, simulate
+
+    project = _project(args)
+    event_obj = read_json(args.event, "event")
+    state_obj = read_json(args.state, "state") if args.state else None
+    at = parse_time(args.at, "--at") if args.at else None
+    events = event_obj if isinstance(event_obj, list) else [event_obj]
+    outputs = []
+    for i, obj in enumerate(events):
+        try:
+            sim = simulate(project, obj, at=at, state_obj=state_obj)
+        except EventError as exc:
+            pointer = f"/{i}{exc.pointer}" if isinstance(event_obj, list) else exc.pointer
+            raise EventError(f"{args.event}: {exc.message}", pointer) from exc
+        outputs.append(sim)
+    if args.json:
+        data = [s.as_json() for s in outputs]
+        print(json.dumps(data if isinstance(event_obj, list) else data[0], ensure_ascii=False, indent=2,
+                         default=str))
+    else:
+        print("\n\n".join(format_simulation(s) for s in outputs))
+    return 0
+
+
+def cmd_test(args) -> int:
+    from engine.ruletest import format_results, run_tests
+
+    project = _project(args)
+    path = Path(args.path) if args.path else project.config.rules / "tests"
+    if not path.exists():
+        raise HeraldError(f"{path}: no such test file or folder")
+    results, seconds = run_tests(project, path)
+    print(format_results(results, seconds, verbose=not args.quiet))
+    if not results:
+        print(f"no tests found under {path}", file=sys.stderr)
+        return 1
+    return 0 if all(r.passed for r in results) else 1
+
+
+def cmd_run(args) -> int:
+    """Until the daemon lands (foundation II): check the rules, then simulate the examples."""
+    from engine.simulate import format_simulation, read_json, simulate
+
+    project = _project(args)
+    print(f"herald: {len(project.rules)} rule(s) loaded from {project.config.rules}; "
+          f"{len(project.warnings)} warning(s)")
+    for warning in project.warnings:
+        print(warning.format(), file=sys.stderr)
+    examples = sorted(Path("examples").glob("*.json")) if Path("examples").is_dir() else []
+    for example in examples:
+        obj = read_json(example, "event")
+        print(f"\n=== {example} ===")
+        print(format_simulation(simulate(project, obj)))
+    print("\nthe daemon (HTTP, connectors, delivery) is not built yet; this was a dry run.")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

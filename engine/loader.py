@@ -1,0 +1,254 @@
+"""Load a whole project — config, templates, rule files — and check it statically.
+
+Nothing is half-loaded: `load_project` either returns a complete `Project` or
+raises one `RulesError`/`ConfigError` listing every problem, so a failed reload
+keeps the rules that were running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from engine.config import Config, load_config
+from engine.errors import ConfigError, Diagnostic, Location, RulesError, did_you_mean
+from engine.matcher import Matcher
+from engine.phones import normalize_phone
+from engine.templates import TemplateSet, load_templates, macros_in
+from engine import vocabulary
+from grammar.compiler import CompiledFile, compile_text
+from grammar.model import (
+    ChangeTrigger, Compare, EventTrigger, In, Literal, PathRef, Rule, ScheduleTrigger, Send,
+    StateTrigger,
+)
+
+
+@dataclass(frozen=True)
+class Project:
+    config: Config
+    templates: TemplateSet
+    rules: tuple[Rule, ...]
+    matcher: Matcher
+    diagnostics: tuple[Diagnostic, ...]      # warnings only (errors raise)
+    files: tuple[str, ...] = ()
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if not d.is_error]
+
+    def rule(self, rule_id: str) -> Rule | None:
+        return next((r for r in self.rules if r.id == rule_id), None)
+
+
+# Compiled files by content, so a reload recompiles only what changed.
+_cache: dict[tuple[str, str], CompiledFile] = {}
+
+
+def rule_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*.rules") if p.is_file())
+
+
+def display_path(path: Path) -> str:
+    """Paths in messages: relative to the working directory when inside it."""
+    try:
+        relative = Path(os.path.relpath(path))
+    except ValueError:
+        return str(path)
+    return str(path) if relative.parts[:1] == ("..",) else str(relative)
+
+
+def compile_rules(paths: Iterable[Path]) -> tuple[list[Rule], list[Diagnostic], list[str]]:
+    rules, problems, names = [], [], []
+    for path in paths:
+        name = display_path(path)
+        names.append(name)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            line = path.read_bytes()[: exc.start].count(b"\n") + 1
+            problems.append(Diagnostic("the file is not UTF-8", Location(name, line, 1), "error",
+                                       "save rule files as UTF-8"))
+            continue
+        key = (name, hashlib.sha1(text.encode()).hexdigest())
+        compiled = _cache.get(key)
+        if compiled is None:
+            compiled = _cache[key] = compile_text(text, name)
+        rules.extend(compiled.rules)
+        problems.extend(compiled.diagnostics)
+    return rules, problems, names
+
+
+def load_project(config: Config | str | Path | None = None, *, rules_path: Path | None = None,
+                 strict: bool = False) -> Project:
+    """Config + templates + rules, checked. Raises ConfigError / RulesError with every problem."""
+    if not isinstance(config, Config):
+        config = load_config(config)
+    templates = load_templates(config.templates, Path.cwd())
+    paths = rule_files(rules_path or config.rules)
+    rules, problems, names = compile_rules(paths)
+    if not paths:
+        problems.append(Diagnostic(f"no .rules files under {config.rules}", Location(str(config.rules)), "warning"))
+    problems += list(templates.diagnostics)
+    problems += check_rules(rules, config, templates)
+    problems += list(config.warnings)
+    errors = [d for d in problems if d.is_error] or ([d for d in problems] if strict else [])
+    if errors:
+        raise RulesError(problems)
+    return Project(config, templates, tuple(rules), Matcher(rules), tuple(problems), tuple(names))
+
+
+# ---- static checks ----------------------------------------------------------------------
+
+def trigger_types(rule: Rule) -> tuple[str, ...] | None:
+    """The canonical event types a rule can fire on; None when open-ended (mail.*, custom)."""
+    trigger = rule.trigger
+    if isinstance(trigger, ScheduleTrigger):
+        return ("schedule",)
+    if isinstance(trigger, EventTrigger):
+        if not vocabulary.is_known_pattern(trigger.pattern) or trigger.pattern.split(".")[0] in ("*", "mail") \
+                or trigger.pattern.startswith("*"):
+            return None
+        return vocabulary.event_types_for(trigger.pattern) or None
+    types = vocabulary.event_types_for(trigger.entity)
+    return types or None
+
+
+def check_rules(rules: list[Rule], config: Config, templates: TemplateSet) -> list[Diagnostic]:
+    problems: list[Diagnostic] = []
+    seen: dict[str, Rule] = {}
+    for rule in rules:
+        first = seen.get(rule.id)
+        if first is not None:
+            if rule.name:
+                problems.append(Diagnostic(f'duplicate rule name "{rule.name}" (first at {first.location})',
+                                           rule.location, "error", "rule names must be unique across all files"))
+            else:
+                problems.append(Diagnostic(f"the same rule is written twice (first at {first.location})",
+                                           rule.location, "warning", "it would fire twice; remove one"))
+            continue
+        seen[rule.id] = rule
+        problems += _check_rule(rule, config, templates)
+    return problems
+
+
+def _check_rule(rule: Rule, config: Config, templates: TemplateSet) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    types = trigger_types(rule)
+    trigger = rule.trigger
+    if isinstance(trigger, EventTrigger) and not vocabulary.is_known_pattern(trigger.pattern):
+        out.append(Diagnostic(f"no canonical event has type {trigger.pattern}", rule.location, "warning",
+                              did_you_mean(trigger.pattern, vocabulary.EVENT_TYPES) or "see docs/events.md"))
+    exprs = []
+    if isinstance(trigger, StateTrigger):
+        exprs.append(trigger.condition)
+    if isinstance(trigger, ChangeTrigger):
+        exprs.append(PathRef(trigger.path, rule.location))
+    if rule.condition is not None:
+        exprs.append(rule.condition)
+    if rule.once is not None:
+        exprs.extend(rule.once.keys)
+    for expr in exprs:
+        out += _check_expr(expr, types, config, rule)
+    for action in rule.actions:
+        if isinstance(action, Send):
+            out += _check_send(action, types, config, templates, rule)
+    return out
+
+
+def _walk(expr):
+    yield expr
+    for name in ("left", "right", "item", "container", "subject", "needle", "operand"):
+        child = getattr(expr, name, None)
+        if child is not None:
+            yield from _walk(child)
+    for child in getattr(expr, "operands", ()):
+        yield from _walk(child)
+
+
+def _check_expr(expr, types, config: Config, rule: Rule) -> list[Diagnostic]:
+    out = []
+    for node in _walk(expr):
+        if isinstance(node, PathRef) and types and node.path[0] not in ("site",):
+            if not any(vocabulary.carries(t, node.path) for t in types):
+                out.append(Diagnostic(f"no {_types_text(types)} event carries {node.dotted}", node.location,
+                                      "warning", _path_hint(node.path, types)))
+        site_literals = _site_literals(node)
+        for value, location in site_literals:
+            if value not in config.sites:
+                out.append(Diagnostic(f'unknown site "{value}"', location or rule.location, "error",
+                                      did_you_mean(value, config.sites) or f"sites: {', '.join(config.sites)}"))
+    return out
+
+
+def _site_literals(node) -> list[tuple[str, Location | None]]:
+    if isinstance(node, Compare) and node.op in ("==", "!="):
+        for a, b in ((node.left, node.right), (node.right, node.left)):
+            if isinstance(a, PathRef) and a.path == ("event", "site") and isinstance(b, Literal) \
+                    and isinstance(b.value, str):
+                return [(b.value, a.location)]
+    if isinstance(node, In) and isinstance(node.item, PathRef) and node.item.path == ("event", "site") \
+            and isinstance(node.container, Literal) and isinstance(node.container.value, tuple):
+        return [(v, node.item.location) for v in node.container.value if isinstance(v, str)]
+    return []
+
+
+def _types_text(types: tuple[str, ...]) -> str:
+    if len(types) == 1:
+        return types[0]
+    families = sorted({t.split(".")[0] for t in types})
+    return "/".join(f"{f}.*" for f in families)
+
+
+def _path_hint(path: tuple[str, ...], types: tuple[str, ...]) -> str | None:
+    candidates = {".".join(p) for t in types for p in vocabulary.fields_of(t)}
+    return did_you_mean(".".join(path), candidates)
+
+
+def _check_send(send: Send, types, config: Config, templates: TemplateSet, rule: Rule) -> list[Diagnostic]:
+    out = []
+    texts: list[str] = []
+    if send.template is not None:
+        template = templates.get(send.template)
+        if template is None:
+            out.append(Diagnostic(f'unknown template "{send.template}"', send.template_location, "error",
+                                  did_you_mean(send.template, templates.templates) or
+                                  "define it in the templates file"))
+        else:
+            texts += list(template.variants.values())
+    else:
+        texts.append(send.text or "")
+    if send.sender is not None:
+        channels = [send.channel] if send.channel else sorted({s.channel for s in config.sites.values()})
+        allowed = set()
+        for channel in channels:
+            if channel in ("sms", "omni"):
+                allowed |= set(config.senders.sms)
+            if channel in ("viber", "omni"):
+                allowed |= set(config.senders.viber)
+        if send.sender not in allowed:
+            out.append(Diagnostic(f'sender "{send.sender}" is not among the configured senders for '
+                                  f'{"/".join(channels)}', send.sender_location, "error",
+                                  did_you_mean(send.sender, allowed) or f"senders: {', '.join(sorted(allowed))}"))
+    for recipient in send.recipients:
+        if recipient.kind == "phone":
+            phone = normalize_phone(recipient.value)
+            if not phone.ok:
+                out.append(Diagnostic(phone.error, recipient.location, "error"))
+        elif recipient.kind == "path" and types:
+            if not any(vocabulary.carries(t, recipient.value) for t in types):
+                out.append(Diagnostic(f"no {_types_text(types)} event carries {'.'.join(recipient.value)}",
+                                      recipient.location, "warning", _path_hint(recipient.value, types)))
+    if types:
+        known = set().union(*(vocabulary.macros_of(t) for t in types))
+        for macro in sorted(macros_in(texts) - known):
+            where = send.template_location
+            what = f'template "{send.template}"' if send.template is not None else "the text"
+            out.append(Diagnostic(f"#{macro}# in {what} is carried by no {_types_text(types)} event; "
+                                  f"it would render empty", where, "warning",
+                                  did_you_mean(macro, known)))
+    return out
