@@ -19,7 +19,6 @@ import re
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -88,6 +87,12 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash((Secret, self._value))
+
+    def __copy__(self) -> "Secret":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "Secret":  # immutable; keeps dataclasses.asdict working
+        return self
 
     def __reduce__(self):  # no pickling: pickles end up in files and logs
         raise TypeError("a Secret cannot be pickled")
@@ -714,7 +719,7 @@ class _Reader:
             raise ConfigError(self.sink.items)
         return Config(
             path=path, base_dir=self.base_dir, store=store, rules=rules, templates=templates,
-            timezone=tz, bsg=bsg, senders=senders, sites=MappingProxyType(sites), http=http,
+            timezone=tz, bsg=bsg, senders=senders, sites=sites, http=http,
             smtp=smtp, connectors=connectors, warnings=tuple(self.sink.items),
         )
 
@@ -1020,7 +1025,7 @@ class _Reader:
                 options[name] = self.option(entry, bool(_SECRETISH.search(name)))
                 locations[name] = entry.loc
             if ctype:
-                out.append(ConnectorConfig(ctype, options, item.loc, MappingProxyType(locations)))
+                out.append(ConnectorConfig(ctype, options, item.loc, locations))
         return tuple(out)
 
     def option(self, v: _Val, secretish: bool) -> Any:

@@ -103,9 +103,11 @@ class RuleBuilder(Transformer):
         self.file = "<rules>"
         self.problems: list[Diagnostic] = []
         self.lines: list[str] = []
+        self.last_on: Token | None = None
 
     def reset(self, file: str, text: str) -> None:
         self.file, self.problems, self.lines = file, [], text.split("\n")
+        self.last_on: Token | None = None
 
     def _error(self, message: str, token: Token, hint: str | None = None) -> _Placeholder:
         line = self.lines[token.line - 1] if 0 < token.line <= len(self.lines) else None
@@ -117,8 +119,8 @@ class RuleBuilder(Transformer):
         return [r for r in items if isinstance(r, Rule)]
 
     def rule_name(self, items: list) -> tuple[str, Token]:
-        (token,) = items
-        return _unquote(token), token
+        keyword, token = items
+        return _unquote(token), keyword
 
     def rule(self, items: list) -> Rule | _Placeholder:
         name = None
@@ -180,8 +182,13 @@ class RuleBuilder(Transformer):
         """A stand-in token at the first located place inside `expr`, for error positions."""
         location = _first_location(expr)
         if location is None:
-            return Token("PATH", "", line=0, column=0)
+            return self.last_on or Token("PATH", "", line=0, column=0)
         return Token("PATH", "", line=location.line, column=location.col)
+
+    def saw_on(self, token: Token) -> Token:
+        """Lexer callback: remember where the current rule's `on` is, for errors with no better place."""
+        self.last_on = token
+        return token
 
     def trigger_changes(self, items: list):
         path, from_value, to_value = items[0], None, None
@@ -445,7 +452,8 @@ def _get_parser() -> tuple[Lark, RuleBuilder]:
     if _parser is None:
         _builder = RuleBuilder()
         _parser = Lark(GRAMMAR_FILE.read_text(encoding="utf-8"), parser="lalr", lexer="contextual",
-                       transformer=_builder, maybe_placeholders=False, cache=False)
+                       transformer=_builder, maybe_placeholders=False,
+                       lexer_callbacks={"ON": _builder.saw_on})
     return _parser, _builder
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime as dt
 import pickle
 import textwrap
@@ -311,6 +313,13 @@ def test_secret_type():
     assert SECRET not in repr([s, {"k": s}, (s,)])
     with pytest.raises(TypeError):
         pickle.dumps(s)
+    assert copy.deepcopy(s) is s
+
+
+def test_asdict_keeps_secrets_wrapped(tmp_path):
+    path = write(tmp_path, "bsg: {api_key: !env K}\n")
+    data = dataclasses.asdict(load_config(path, env={"K": SECRET}))
+    assert data["bsg"]["api_key"] == Secret(SECRET) and SECRET not in repr(data)
 
 
 def test_invalid_config_holding_secrets_never_shows_them(tmp_path):
