@@ -1,0 +1,83 @@
+"""Static checks over a whole project: every problem at once, located, with a fix."""
+
+import pytest
+
+from engine.errors import ConfigError, RulesError
+
+
+def headlines(exc) -> list[str]:
+    return [d.headline() for d in exc.diagnostics]
+
+
+def test_all_errors_across_files_at_once_with_did_you_mean(project_dir):
+    project_dir.setup('''
+    rule "one" on order.created send sms to customer.phone using "shiped"
+    rule "two" on order.created send sms to customer.phone text "x" from "testsmss"
+    rule "three" on order.created if event.site == "s3" send sms to customer.phone text "x"
+    ''')
+    project_dir.write("rules/more/other.rules", '''
+    rule "one" on order.updated send sms to customer.phone text "x"
+    rule "bad" on order.updated send sms to "12345" text "x"
+    ''')
+    with pytest.raises(RulesError) as info:
+        project_dir.load()
+    assert headlines(info.value) == [
+        'rules/main.rules:1:62: error: unknown template "shiped"',
+        'rules/main.rules:2:70: error: sender "testsmss" is not among the configured senders for sms',
+        'rules/main.rules:3:34: error: unknown site "s3"',
+        'rules/more/other.rules:1:1: error: duplicate rule name "one" (first at rules/main.rules:1:1)',
+        'rules/more/other.rules:2:41: error: "12345" is not a valid phone number (region RU): too short',
+    ]
+    hints = [d.hint for d in info.value.diagnostics]
+    assert hints[:3] == ['did you mean "shipped"?', 'did you mean "testsms"?', 'sites: s1, s2']
+
+
+def test_warnings_for_fields_and_macros_no_event_carries(project_dir):
+    project_dir.setup('''
+    rule "w" on order.created if order.stauts == "N" send sms to customer.phone text "#ORDER_NUMBR# #SITE_NAME#"
+    rule "ok" on mail.SALE_NEW_ORDER send sms to PHONE text "#ANYTHING#"
+    ''')
+    project = project_dir.load()
+    assert [d.headline() for d in project.warnings] == [
+        "rules/main.rules:1:30: warning: no order.created event carries order.stauts",
+        "rules/main.rules:1:82: warning: #ORDER_NUMBR# in the text is carried by no order.created event; "
+        "it would render empty",
+    ]
+    assert [d.hint for d in project.warnings] == ['did you mean "order.status"?', 'did you mean "ORDER_NUMBER"?']
+    with pytest.raises(RulesError):
+        project_dir.load(strict=True)
+
+
+def test_unknown_event_type_is_a_warning_with_suggestion(project_dir):
+    project_dir.setup('rule "t" on order.craeted send sms to customer.phone text "x"')
+    (warning,) = project_dir.load().warnings
+    assert warning.headline() == "rules/main.rules:1:1: warning: no canonical event has type order.craeted"
+    assert warning.hint == 'did you mean "order.created"?'
+
+
+def test_template_file_errors_are_located(project_dir):
+    project_dir.setup('rule "t" on order.created send sms to customer.phone using "a"',
+                      templates='a:\n  smss: "x"\nb: [1, 2]\n')
+    with pytest.raises(RulesError) as info:
+        project_dir.load()
+    assert headlines(info.value) == [
+        'rules/templates.yaml:1:1: error: template "a" has no text',
+        'rules/templates.yaml:2:3: error: unknown variant "smss" in template "a"',
+        'rules/templates.yaml:3:1: error: template "b" must be a text or sms: / viber: variants',
+    ]
+    assert info.value.diagnostics[1].hint == 'did you mean "sms"?'
+
+
+def test_a_failed_load_raises_and_nothing_is_half_loaded(project_dir):
+    project_dir.setup('rule "a" on order.created send sms to customer.phone text "x"\n'
+                      'rule "b" on order.created send sms to customer.phone text')
+    with pytest.raises(RulesError) as info:
+        project_dir.load()
+    assert len([d for d in info.value.diagnostics if d.is_error]) == 1
+
+
+def test_config_errors_raise_config_error(project_dir):
+    project_dir.setup("", config="sites:\n  s1:\n    timezone: Mars/Olympus\n")
+    with pytest.raises(ConfigError) as info:
+        project_dir.load()
+    assert headlines(info.value)[0].startswith("herald.yaml:3:15: error:")
