@@ -169,14 +169,15 @@ def best_rate(run, target, pool: list[Event], cap: int, budget: float, floor: in
 def check_agreement(label: str, rules, matcher: Matcher, events: list[Event], seen: Counter) -> int:
     bad = 0
     for event in events:
-        want = sorted(r.id for r in naive_match(rules, event, event.previous))
+        naive = naive_match(rules, event, event.previous)
+        want = sorted(r.id for r in naive)
         got = sorted(r.id for r in matcher.match(event, event.previous))
         if want != got:
             bad += 1
             if bad <= 5:
                 print(f"  DISAGREE {label} {event.type} data={event.data['order']} previous="
                       f"{event.previous and event.previous['order']}\n    naive: {want}\n    index: {got}")
-        for rule in naive_match(rules, event, event.previous):
+        for rule in naive:
             seen[category(rule)] += 1
     return bad
 
@@ -194,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller runs: a smoke test, not figures")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    global REPEATS
     events_cap = min(args.events, 10_000) if args.quick else args.events
     budget = 0.08 if args.quick else 0.5            # s per timed run, index loop
     naive_budget = 0.08 if args.quick else 0.4      # s per timed run, naive loop

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
-from engine.errors import ConfigError, EventError, HeraldError, LoadError
+from engine.errors import ConfigError, EventError, HeraldError, LoadError, display_path
 from engine.events import parse_time
 
 
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigError as exc:
         print(exc.format(), file=sys.stderr)
-        return 2
+        return 2 if args.command == "run" else 1
     except LoadError as exc:
         print(exc.format(), file=sys.stderr)
         return 1
@@ -129,11 +129,11 @@ def cmd_test(args) -> int:
     project = _project(args)
     path = Path(args.path) if args.path else project.config.rules / "tests"
     if not path.exists():
-        raise HeraldError(f"{path}: no such test file or folder")
+        raise HeraldError(f"{display_path(path)}: no such test file or folder")
     results, seconds = run_tests(project, path)
     print(format_results(results, seconds, verbose=not args.quiet))
     if not results:
-        print(f"no tests found under {path}", file=sys.stderr)
+        print(f"no tests found under {display_path(path)}", file=sys.stderr)
         return 1
     return 0 if all(r.passed for r in results) else 1
 

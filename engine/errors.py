@@ -8,6 +8,8 @@ A load collects all of them before raising, so an author fixes everything in one
 from __future__ import annotations
 
 import difflib
+import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -133,3 +135,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
         lowered = {c.lower(): c for c in choices}
         best = [lowered[m] for m in difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)]
     return f'did you mean "{best[0]}"?' if best else None
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """Paths in messages: relative to the working directory when inside it."""
+    try:
+        relative = Path(os.path.relpath(path))
+    except ValueError:
+        return str(path)
+    return str(path) if relative.parts[:1] == ("..",) else str(relative)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from engine.config import Config, load_config
-from engine.errors import ConfigError, Diagnostic, Location, RulesError, did_you_mean
+from engine.errors import Diagnostic, Location, RulesError, did_you_mean, display_path
 from engine.matcher import Matcher
 from engine.phones import normalize_phone
 from engine.templates import TemplateSet, load_templates, macros_in
@@ -53,15 +53,6 @@ def rule_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*.rules") if p.is_file())
 
 
-def display_path(path: Path) -> str:
-    """Paths in messages: relative to the working directory when inside it."""
-    try:
-        relative = Path(os.path.relpath(path))
-    except ValueError:
-        return str(path)
-    return str(path) if relative.parts[:1] == ("..",) else str(relative)
-
-
 def compile_rules(paths: Iterable[Path]) -> tuple[list[Rule], list[Diagnostic], list[str]]:
     rules, problems, names = [], [], []
     for path in paths:
@@ -88,11 +79,12 @@ def load_project(config: Config | str | Path | None = None, *, rules_path: Path 
     """Config + templates + rules, checked. Raises ConfigError / RulesError with every problem."""
     if not isinstance(config, Config):
         config = load_config(config)
-    templates = load_templates(config.templates, Path.cwd())
+    templates = load_templates(config.templates)
     paths = rule_files(rules_path or config.rules)
     rules, problems, names = compile_rules(paths)
     if not paths:
-        problems.append(Diagnostic(f"no .rules files under {config.rules}", Location(str(config.rules)), "warning"))
+        where = display_path(rules_path or config.rules)
+        problems.append(Diagnostic(f"no .rules files under {where}", Location(where), "warning"))
     problems += list(templates.diagnostics)
     problems += check_rules(rules, config, templates)
     problems += list(config.warnings)

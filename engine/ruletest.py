@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from engine.errors import EventError, HeraldError
+from engine.errors import EventError, HeraldError, display_path
 from engine.evaluate import Delayed, Evaluator, PlannedMessage
 from engine.events import parse_event, parse_time
 from engine.loader import Project
@@ -70,7 +70,6 @@ def test_files(path: Path) -> list[Path]:
 
 
 def run_file(project: Project, path: Path) -> list[CaseResult]:
-    from engine.loader import display_path
     name = display_path(path)
     try:
         doc = YAML(typ="safe").load(path.read_text(encoding="utf-8"))

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
-from engine.errors import Diagnostic, Location, did_you_mean
+from engine.errors import Diagnostic, Location, did_you_mean, display_path
 
 MACRO = re.compile(r"#([A-Za-z_][A-Za-z0-9_]*)#")
 VARIANTS = ("text", "sms", "viber")
@@ -51,24 +51,18 @@ def template_files(path: Path) -> list[Path]:
     return [path] if path.exists() else []
 
 
-def load_templates(path: Path, display_base: Path | None = None) -> TemplateSet:
+def load_templates(path: Path) -> TemplateSet:
     """Every template in a YAML file or a folder of them; problems become diagnostics."""
     templates: dict[str, Template] = {}
     problems: list[Diagnostic] = []
     files = template_files(path)
     if not files:
-        problems.append(Diagnostic(f"no templates found at {path}", Location(_display(path, display_base)),
-                                   "warning", "create rules/templates.yaml or set `templates:` in the config"))
+        where = display_path(path)
+        problems.append(Diagnostic(f"no templates found at {where}", Location(where), "warning",
+                                   "create rules/templates.yaml or set `templates:` in the config"))
     for file in files:
-        _load_file(file, _display(file, display_base), templates, problems)
+        _load_file(file, display_path(file), templates, problems)
     return TemplateSet(templates, tuple(problems))
-
-
-def _display(path: Path, base: Path | None) -> str:
-    try:
-        return str(path.relative_to(base)) if base else str(path)
-    except ValueError:
-        return str(path)
 
 
 def _load_file(file: Path, name: str, templates: dict, problems: list) -> None:
