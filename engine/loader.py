@@ -209,7 +209,7 @@ def _check_send(send: Send, types, config: Config, templates: TemplateSet, rule:
         if template is None:
             out.append(Diagnostic(f'unknown template "{send.template}"', send.template_location, "error",
                                   did_you_mean(send.template, templates.templates) or
-                                  "define it in the templates file"))
+                                  f"define it in {display_path(config.templates)}"))
         else:
             texts += list(template.variants.values())
     else:
