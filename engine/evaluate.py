@@ -112,6 +112,7 @@ class Delayed:
     rule_id: str
     event: Event
     due: datetime
+    previous: Mapping | None = None     # the entity's state before the event, for `previous.*`
 
 
 # ---- the evaluator -----------------------------------------------------------------------
@@ -147,12 +148,12 @@ class Evaluator:
         for rule in fired:
             if rule.after is not None:
                 due = now + rule.after
-                delayed.append(Delayed(rule.id, event, due))
+                delayed.append(Delayed(rule.id, event, due, previous))
                 runs.append(RuleRun(rule, True, f"waits {format_duration(rule.after)} (until {due.isoformat()})",
                                     delayed_until=due, trace=(f"trigger fired: {rule.trigger}",
                                                               f"after {format_duration(rule.after)}: waiting")))
             else:
-                runs.append(self.run(rule, event, now, event.data))
+                runs.append(self.run(rule, event, now, event.data, previous=previous))
         if explain:
             fired_ids = {r.id for r in fired}
             for rule in self.related_rules(event):
@@ -188,7 +189,7 @@ class Evaluator:
                            "the rule no longer exists (rules were reloaded)")
         key = item.event.entity_key
         latest = self.state.get_state(key) if key else None
-        return self.run(rule, item.event, now, latest or item.event.data, delayed=True)
+        return self.run(rule, item.event, now, latest or item.event.data, previous=item.previous, delayed=True)
 
     def run_schedule(self, rule: Rule, site_id: str, now: datetime) -> RuleRun:
         event = Event("schedule", {"schedule": {"time": now.isoformat(), "rule": rule.id}}, site_id,
@@ -196,10 +197,11 @@ class Evaluator:
         return self.run(rule, event, now, event.data)
 
     # -- one rule --
-    def run(self, rule: Rule, event: Event, now: datetime, data: Mapping, delayed: bool = False) -> RuleRun:
+    def run(self, rule: Rule, event: Event, now: datetime, data: Mapping, *, previous: Mapping | None = None,
+            delayed: bool = False) -> RuleRun:
+        """Run one fired rule: `if`, `once per`, then its actions. `previous` feeds `previous.*`."""
         site = self.site(event.site)
-        scope = EventScope(event, data=data, previous=self._previous_for_scope(event),
-                           site=_site_fields(site))
+        scope = EventScope(event, data=data, previous=previous, site=_site_fields(site))
         trace = [f"trigger fired: {rule.trigger}"]
         if delayed:
             trace.append(f"after {format_duration(rule.after)}: evaluated against the latest state")
@@ -231,11 +233,6 @@ class Evaluator:
                 subscriptions.append((verb, phone.e164 or str(raw), action.list_name))
                 trace.append(f"{action}: {phone.e164 or phone.error}")
         return RuleRun(rule, True, "fired", tuple(messages), tuple(subscriptions), trace=tuple(trace))
-
-    def _previous_for_scope(self, event: Event) -> Mapping | None:
-        if event.previous is not None:
-            return merge_previous(event.data, event.previous)
-        return None
 
     def site(self, site_id: str) -> Site:
         sites = self.project.config.sites

@@ -250,7 +250,9 @@ def _render(items: list, keys_from: list | None) -> list[str]:
             item = {k: item[k] for k in keys}
         lines.append("-")
         for key, value in (item.items() if isinstance(item, Mapping) else [("?", item)]):
-            lines.append(f"  {key}: {show(value) if not isinstance(value, datetime) else value.isoformat()}")
+            if key == "at" and not isinstance(value, str):
+                value = _when(value, "/at", ZoneInfo("UTC")).isoformat()
+            lines.append(f"  {key}: {show(value)}")
     return lines
 
 

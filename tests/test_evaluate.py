@@ -142,3 +142,14 @@ def test_site_time_zone_and_default_channel(project_dir):
     # 06:30 Moscow is 08:30 in Yekaterinburg; site s2 has no window, default channel viber
     (m,), *_ = messages(project_dir.load(), obj, at(6, 30))
     assert m.channel == "viber" and m.status == "planned" and m.sms_text is None
+
+
+def test_previous_paths_read_the_recorded_state_when_the_event_has_none(project_dir):
+    project_dir.setup('rule "np" on order.status changes if previous.order.status == "N" '
+                      'send sms to customer.phone text "#ORDER_STATUS#"')
+    ev = Evaluator(project_dir.load())
+    ev.process(event({"type": "order.created", "data": dict(ORDER["data"], order={"id": 42, "status": "N"})},
+                     at(10)), at(10))
+    runs, _ = ev.process(event({"type": "order.updated", "data": dict(ORDER["data"], order={"id": 42, "status": "P"})},
+                               at(11)), at(11))
+    assert [m.text for r in runs for m in r.messages] == ["P"]
