@@ -283,13 +283,24 @@ class Evaluator:
                  status: str, reason: str) -> PlannedMessage:
         channel = base["channel"]
         sms_side = channel in ("sms", "omni")
-        sender = send.sender if send.sender else (site.sms_sender if channel == "sms" else site.viber_sender)
-        sms_sender = (send.sender if send.sender and channel == "sms" else site.sms_sender) if sms_side else None
+        sender, sms_sender = self._senders(send.sender, channel, site)
         segments = analyze(sms_text) if sms_side and sms_text else None
         return PlannedMessage(
             sender=sender, text=text, sms_text=sms_text if sms_side else None, sms_sender=sms_sender,
             encoding=segments.encoding if segments else None, parts=segments.parts if segments else 0,
             status=status, reason=reason, **base)
+
+    def _senders(self, named: str | None, channel: str, site: Site) -> tuple[str, str | None]:
+        """(main sender, SMS sender). For omni, `from` replaces the sender of the leg
+        whose configured list names it (Viber alpha names and SMS originators differ)."""
+        senders = self.project.config.senders
+        if channel == "sms":
+            return named or site.sms_sender, named or site.sms_sender
+        if channel == "viber":
+            return named or site.viber_sender, None
+        viber = named if named and named in senders.viber else site.viber_sender
+        sms = named if named and named in senders.sms and named not in senders.viber else site.sms_sender
+        return viber, sms
 
     def _texts(self, send: Send, channel: str, macros: MacroSource, phone_to: str,
                site: Site) -> tuple[str, str, tuple[str, ...]]:

@@ -7,7 +7,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from engine.errors import EventError
 
@@ -114,7 +115,7 @@ _MISSING = object()
 def lookup(data: Any, path: tuple[str, ...]) -> Any:
     """A field by path; a missing field reads as None. List items by index (`items.0`)."""
     for part in path:
-        if isinstance(data, Mapping):
+        if type(data) is dict or isinstance(data, Mapping):     # the dict test first: hot path
             data = data.get(part, _MISSING)
             if data is _MISSING:
                 return None

@@ -10,12 +10,14 @@ its condition holds for the new state and did not hold for the previous one.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Iterable, Mapping
 
 from grammar.model import (
     And, ChangeTrigger, Compare, EventTrigger, In, Literal, PathRef, Rule, ScheduleTrigger,
-    StateTrigger, index_key, values_equal,
+    StateTrigger, as_number, index_key, values_equal,
 )
 from engine.events import Event, EventScope, lookup
 
@@ -48,8 +50,51 @@ class _Trie:
 class _EntityIndex:
     # path → index key of a value → [(rule, exact, key)]; exact: the condition IS that test
     equal: dict[tuple, dict[tuple, list[tuple[Rule, bool, tuple]]]] = field(default_factory=dict)
+    # (path, op) → thresholds sorted ascending, and the (rule, exact) entries in the same order
+    ordered: dict[tuple, "_Thresholds"] = field(default_factory=dict)
     unindexed: list[Rule] = field(default_factory=list)
     changes: dict[tuple, list[Rule]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Thresholds:
+    """`path OP number` rules of one path and operator, sorted by their number."""
+
+    op: str
+    values: list[Decimal] = field(default_factory=list)
+    entries: list[tuple[Rule, bool]] = field(default_factory=list)
+
+    def add(self, threshold: Decimal, rule: Rule, exact: bool) -> None:
+        at = bisect_right(self.values, threshold)
+        self.values.insert(at, threshold)
+        self.entries.insert(at, (rule, exact))
+
+    def true_for(self, value: Decimal) -> range:
+        """Positions whose `value OP threshold` holds."""
+        n = len(self.values)
+        if self.op == ">":
+            return range(0, bisect_left(self.values, value))
+        if self.op == ">=":
+            return range(0, bisect_right(self.values, value))
+        if self.op == "<":
+            return range(bisect_right(self.values, value), n)
+        return range(bisect_left(self.values, value), n)
+
+
+_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}
+
+
+def _ordered(expr) -> tuple[tuple, str, Decimal] | None:
+    """(path, op, number) when `expr` compares an entity path with a number: `order.price > 1000`."""
+    if not isinstance(expr, Compare) or expr.op not in _FLIP:
+        return None
+    for a, b, op in ((expr.left, expr.right, expr.op), (expr.right, expr.left, _FLIP[expr.op])):
+        if isinstance(a, PathRef) and isinstance(b, Literal) and a.path[0] not in SPECIAL_ROOTS \
+                and not isinstance(b.value, (bool, str)):
+            number = as_number(b.value)
+            if number is not None:
+                return a.path, op, number
+    return None
 
 
 def _indexable(expr) -> tuple[tuple, tuple[Any, ...]] | None:
@@ -98,13 +143,19 @@ class Matcher:
             condition = trigger.condition
             conjuncts = condition.operands if isinstance(condition, And) else (condition,)
             for conjunct in conjuncts:
+                ordered = _ordered(conjunct)
+                if ordered:
+                    path, op, number = ordered
+                    table = index.ordered.setdefault((path, op), _Thresholds(op))
+                    table.add(number, rule, conjunct is condition)
+                    return
                 found = _indexable(conjunct)
                 if found:
                     path, values = found
                     exact = conjunct is condition and len(values) == 1
                     table = index.equal.setdefault(path, {})
-                    for value in values:
-                        key = index_key(value)
+                    # one bucket per distinct key, so a rule is found at most once per event
+                    for key in dict.fromkeys(index_key(v) for v in values):
                         table.setdefault(key, []).append((rule, exact, key))
                     return
             index.unindexed.append(rule)
@@ -137,6 +188,18 @@ class Matcher:
                         fired.append(rule)
                 elif self._becomes_true(rule, event, previous):
                     fired.append(rule)
+        for (path, op), table in index.ordered.items():
+            value = as_number(lookup(data, path))
+            if value is None:
+                continue                  # an ordering with a non-number is false
+            before = as_number(lookup(previous, path)) if previous is not None else None
+            for i in table.true_for(value):
+                rule, exact = table.entries[i]
+                if exact:
+                    if before is None or not _holds(op, before, table.values[i]):
+                        fired.append(rule)
+                elif self._becomes_true(rule, event, previous):
+                    fired.append(rule)
         for rule in index.unindexed:
             if self._becomes_true(rule, event, previous):
                 fired.append(rule)
@@ -148,8 +211,7 @@ class Matcher:
                 for rule in rules:
                     if changed_as_asked(rule.trigger, event, previous, new, old):
                         fired.append(rule)
-        # a rule indexed under several values of one `in` is found once per event
-        return list(dict.fromkeys(fired)) if len(fired) > 1 else fired
+        return fired
 
     @staticmethod
     def _becomes_true(rule: Rule, event: Event, previous: Mapping | None) -> bool:
@@ -159,6 +221,16 @@ class Matcher:
         if previous is None:
             return True
         return not condition.test(EventScope(event, data=previous)).value
+
+
+def _holds(op: str, value: Decimal, threshold: Decimal) -> bool:
+    if op == ">":
+        return value > threshold
+    if op == ">=":
+        return value >= threshold
+    if op == "<":
+        return value < threshold
+    return value <= threshold
 
 
 def changed_as_asked(trigger: ChangeTrigger, event: Event, previous: Mapping, new: Any, old: Any) -> bool:

@@ -88,11 +88,16 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=sum(int(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text)))
 
 
+_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+
+
 def _unquote(token: Token) -> str:
+    """The string's text. Only \\" \\\\ \\n \\t are escapes; any other backslash stays, so a
+    regex like "^\\s*stop" means what it says."""
     body = token[1:-1]
     if "\\" not in body:
         return body
-    return re.sub(r'\\(.)', lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), body)
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), body)
 
 
 class RuleBuilder(Transformer):
@@ -172,6 +177,10 @@ class RuleBuilder(Transformer):
         wild = [p for p in expr.paths() if "*" in p]
         if wild:
             return self._error("`*` matches event types only, not fields in a condition", self._token_of(expr))
+        outside = [p for p in expr.paths() if p[0] in ("site", "previous")]
+        if outside:
+            return self._error(f"a state trigger reads the entity's own fields, not {'.'.join(outside[0])}",
+                               self._token_of(expr), "move that part into an `if` after the trigger")
         entities = [p[0] for p in expr.paths() if p[0] not in SPECIAL_ROOTS]
         if not entities:
             return self._error("a state condition must read an entity's field", self._token_of(expr),
@@ -339,7 +348,7 @@ class RuleBuilder(Transformer):
         fields: dict[str, Any] = {}
         for name, value, token in options:
             if name in fields:
-                return self._error(f"`{_OPTION_WORDS[name]}` is given twice", token)
+                return self._error(f"`{_OPTION_WORDS[name]}` is given twice", token or send_token)
             fields[name] = value
             if name in ("sender", "window"):
                 fields[name + "_token"] = token

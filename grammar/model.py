@@ -43,8 +43,16 @@ def as_number(value: Any) -> Decimal | None:
     return None
 
 
+_BOOL_WORDS = {"y": True, "n": False, "true": True, "false": False}
+
+
 def index_key(value: Any) -> tuple:
-    """A hashable key under which equal values (by the language's `==`) collide."""
+    """A hashable key under which values the language calls equal (`==`) collide.
+
+    Numbers and numeric strings meet as numbers ("1500.00" == 1500); booleans meet the
+    words Bitrix and JSON use for them ("Y"/"N", "true"/"false"), so `order.paid == "N"`
+    holds for a canonical `false`.
+    """
     if isinstance(value, bool):
         return ("b", value)
     number = as_number(value)
@@ -53,22 +61,20 @@ def index_key(value: Any) -> tuple:
     if value is None:
         return ("z",)
     if isinstance(value, str):
-        return ("s", value)
+        word = _BOOL_WORDS.get(value.strip().lower())
+        return ("b", word) if word is not None else ("s", value)
     return ("o", repr(value))
 
 
 def values_equal(left: Any, right: Any) -> bool:
-    if isinstance(left, bool) or isinstance(right, bool):
-        return left is right or (isinstance(left, bool) and isinstance(right, bool) and left == right)
-    ln, rn = as_number(left), as_number(right)
-    if ln is not None and rn is not None:
-        return ln == rn
-    return left == right
+    if isinstance(left, (list, tuple, dict)) or isinstance(right, (list, tuple, dict)):
+        return left == right
+    return index_key(left) == index_key(right)
 
 
 def show(value: Any) -> str:
     if isinstance(value, str):
-        return '"' + value.replace('"', '\\"') + '"'
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     if value is None:
         return "null"
     if isinstance(value, bool):

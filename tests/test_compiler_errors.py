@@ -132,3 +132,21 @@ def test_mixed_good_and_bad_rules_keep_every_good_rule(chunks):
     bad = sum(1 for c in chunks if c in ('on order.status = "F" send sms to x text "y"', 'on order.created send'))
     assert len(result.rules) == good
     assert len(result.diagnostics) == bad
+
+
+def test_copy_admins_twice_is_an_error_not_a_crash():
+    result = compile_text('on order.created send sms to admins text "x" copy admins copy admins', "t.rules")
+    assert [d.headline() for d in result.diagnostics] == ["t.rules:1:18: error: `copy admins` is given twice"]
+
+
+def test_state_trigger_cannot_read_site_or_previous():
+    result = compile_text('on order.status == "F" and site.name == "x" send sms to admins text "x"', "t.rules")
+    assert [d.headline() for d in result.diagnostics] == [
+        "t.rules:1:4: error: a state trigger reads the entity's own fields, not site.name"]
+
+
+def test_backslashes_other_than_escapes_stay_in_strings():
+    rule = compile_text(r'on sms.received if sms.text matches "^\s*stop\"$" send sms to admins text "a\nb\\c"',
+                        "t.rules").rules[0]
+    assert rule.condition.pattern == '^\\s*stop"$'
+    assert rule.actions[0].text == "a\nb\\c"

@@ -153,3 +153,20 @@ def test_previous_paths_read_the_recorded_state_when_the_event_has_none(project_
     runs, _ = ev.process(event({"type": "order.updated", "data": dict(ORDER["data"], order={"id": 42, "status": "P"})},
                                at(11)), at(11))
     assert [m.text for r in runs for m in r.messages] == ["P"]
+
+
+def test_omni_from_names_the_sender_of_its_leg(project_dir):
+    project_dir.setup('''
+    rule "a" on order.created send omni to customer.phone text "x" from "Shop"
+    rule "b" on order.updated send omni to customer.phone text "x" from "AdvInform"
+    ''')
+    (a,), *_ = messages(project_dir.load(), ORDER, at(12))
+    (b,), *_ = messages(project_dir.load(), dict(ORDER, type="order.updated"), at(12))
+    assert (a.sender, a.sms_sender) == ("AdvInform", "Shop")
+    assert (b.sender, b.sms_sender) == ("AdvInform", "testsms")
+
+
+def test_bitrix_y_n_words_compare_equal_to_booleans(project_dir):
+    project_dir.setup('rule "r" on order.created if order.paid == "N" send sms to customer.phone text "pay"')
+    msgs, *_ = messages(project_dir.load(), ORDER, at(12))       # canonical paid: false
+    assert [m.text for m in msgs] == ["pay"]

@@ -81,3 +81,12 @@ def test_config_errors_raise_config_error(project_dir):
     with pytest.raises(ConfigError) as info:
         project_dir.load()
     assert headlines(info.value)[0].startswith("herald.yaml:3:15: error:")
+
+
+def test_a_rule_file_that_is_not_utf8_is_a_located_error(project_dir):
+    project_dir.setup('rule "a" on order.created send sms to customer.phone text "x"\n')
+    (project_dir.root / "rules/legacy.rules").write_bytes('on order.created\nsend sms to customer.phone text "Заказ"'
+                                                          .encode("cp1251"))
+    with pytest.raises(RulesError) as info:
+        project_dir.load()
+    assert headlines(info.value) == ["rules/legacy.rules:2:1: error: the file is not UTF-8"]

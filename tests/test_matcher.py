@@ -96,13 +96,18 @@ def test_why_not_explains():
 # ---- the index agrees with evaluating every rule -------------------------------------
 
 VALUES = ["N", "P", "F", "DF", "1", "1.0", 1, 2, None, True, "1500.00"]
-value = st.sampled_from(VALUES)
+value = st.sampled_from(VALUES) | st.decimals(-5, 2000, places=2).map(str) | st.integers(-5, 2000)
 literal = st.sampled_from(['"N"', '"P"', '"F"', '"DF"', "1", "2", "true", "null", '"1500.00"'])
 field = st.sampled_from(["status", "price", "paid"])
 condition = st.one_of(
     st.builds(lambda f, v: f"order.{f} == {v}", field, literal),
     st.builds(lambda f, a, b: f"order.{f} in [{a}, {b}]", field, literal, literal),
-    st.builds(lambda f, v: f"order.{f} > {v}", field, st.sampled_from(["0", "1", "1000"])),
+    st.builds(lambda f, op, v: f"order.{f} {op} {v}", field, st.sampled_from([">", ">=", "<", "<="]),
+              st.sampled_from(["0", "1", "1000", "-2", "999.99"])),
+    st.builds(lambda v, op, f: f"{v} {op} order.{f}", st.sampled_from(["0", "1", "1000"]),
+              st.sampled_from([">", "<="]), field),
+    st.builds(lambda f, op, v, g, w: f"order.{f} {op} {v} and order.{g} == {w}", field,
+              st.sampled_from([">", "<"]), st.sampled_from(["0", "1000"]), field, literal),
     st.builds(lambda f, v, g, w: f"order.{f} == {v} and order.{g} != {w}", field, literal, field, literal),
     st.builds(lambda f, v, g, w: f"order.{f} == {v} or order.{g} == {w}", field, literal, field, literal),
 )
@@ -123,7 +128,7 @@ def naive(rule_set, event, previous):
     return fired
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(condition, min_size=1, max_size=12),
        st.fixed_dictionaries({"status": value, "price": value, "paid": value}),
        st.one_of(st.none(), st.fixed_dictionaries({"status": value, "price": value, "paid": value})))
