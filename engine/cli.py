@@ -39,14 +39,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default=None, help="a test file or folder (default: rules/tests)")
     p.add_argument("-q", "--quiet", action="store_true", help="print failures and the summary only")
 
-    p = sub.add_parser("run", help="run Herald")
+    p = sub.add_parser("run", help="run the daemon (reactor, connectors, HTTP API)")
     _add_config(p)
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+
+    p = sub.add_parser("emit", help="post events to the running daemon")
+    _add_config(p)
+    p.add_argument("event", metavar="EVENT.json", help="one event or a list ('-' reads standard input)")
+
+    p = sub.add_parser("reload", help="reload the running daemon's config, rules and templates")
+    _add_config(p)
+
+    p = sub.add_parser("send", help="send a message by hand through the running daemon")
+    _add_config(p)
+    p.add_argument("to", nargs="+", help="phone numbers")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--text")
+    group.add_argument("--template")
+    p.add_argument("--channel", choices=("sms", "viber", "omni"))
+    p.add_argument("--site")
+    p.add_argument("--sender")
+
+    p = sub.add_parser("history", help="messages Herald queued and sent")
+    _add_config(p)
+    p.add_argument("--status")
+    p.add_argument("--phone")
+    p.add_argument("--rule")
+    p.add_argument("--event")
+    p.add_argument("--since", metavar="TIME")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--csv", action="store_true", help="CSV instead of a table")
+
+    p = sub.add_parser("trace", help="one message's trace: event, rule verdicts, BSG exchanges")
+    _add_config(p)
+    p.add_argument("id", help="message id or BSG reference")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("balance", help="the BSG account balance")
+    _add_config(p)
+
+    p = sub.add_parser("fake-bsg", help="run the fake BSG server (for demos and tests)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"check": cmd_check, "simulate": cmd_simulate, "test": cmd_test, "run": cmd_run}[args.command]
+    from engine import client_commands as cc
+    handler = {"check": cmd_check, "simulate": cmd_simulate, "test": cmd_test, "run": cmd_run,
+               "emit": cc.cmd_emit, "reload": cc.cmd_reload, "send": cc.cmd_send, "history": cc.cmd_history,
+               "trace": cc.cmd_trace, "balance": cc.cmd_balance, "fake-bsg": cc.cmd_fake_bsg}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -139,21 +181,8 @@ def cmd_test(args) -> int:
 
 
 def cmd_run(args) -> int:
-    """Until the daemon lands (foundation II): check the rules, then simulate the examples."""
-    from engine.simulate import format_simulation, read_json, simulate
-
-    project = _project(args)
-    print(f"herald: {len(project.rules)} rule(s) loaded from {project.config.rules}; "
-          f"{len(project.warnings)} warning(s)")
-    for warning in project.warnings:
-        print(warning.format(), file=sys.stderr)
-    examples = sorted(Path("examples").glob("*.json")) if Path("examples").is_dir() else []
-    for example in examples:
-        obj = read_json(example, "event")
-        print(f"\n=== {example} ===")
-        print(format_simulation(simulate(project, obj)))
-    print("\nthe daemon (HTTP, connectors, delivery) is not built yet; this was a dry run.")
-    return 0
+    from engine.daemon import run_daemon
+    return run_daemon(args.config, args.log_format)
 
 
 if __name__ == "__main__":  # pragma: no cover

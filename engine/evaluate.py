@@ -75,6 +75,7 @@ class PlannedMessage:
     copy: bool = False
     template: str | None = None
     event_id: str = ""
+    stale_at: datetime | None = None    # not handed to BSG by then: expired
 
     def as_json(self) -> dict:
         return {
@@ -255,8 +256,9 @@ class Evaluator:
             if to in seen and to:
                 continue
             seen.add(to)
+            stale_at = event.time + send.stale_after if send.stale_after is not None else None
             base = dict(rule_id=rule.id, channel=channel, to=to, recipient=label, copy=is_copy,
-                        template=send.template, event_id=event.id, send_at=send_at)
+                        template=send.template, event_id=event.id, send_at=send_at, stale_at=stale_at)
             if phone is None or not phone.ok:
                 reason = phone.error if phone else f"{label} gives no phone number"
                 out.append(self._message(base, send, site, "", "", status="failed", reason=reason))

@@ -1,0 +1,171 @@
+"""The commands that talk to a running daemon (emit, reload, send, balance) or read
+its store (history, trace)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import httpx
+
+from engine.config import load_config
+from engine.errors import HeraldError
+
+
+def _api(args) -> tuple[httpx.Client, object]:
+    config = load_config(args.config)
+    http = config.http
+    host = http.host if http.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    base = f"http://[{host}]:{http.port}" if ":" in host else f"http://{host}:{http.port}"
+    headers = {"Authorization": f"Bearer {http.tokens[0].reveal()}"} if http.tokens else {}
+    return httpx.Client(base_url=base, headers=headers, timeout=30), config
+
+
+def _call(args, method: str, path: str, **kw) -> httpx.Response:
+    client, _ = _api(args)
+    try:
+        with client:
+            return client.request(method, path, **kw)
+    except httpx.HTTPError as exc:
+        raise HeraldError(f"cannot reach the daemon at {client.base_url}: {exc.__class__.__name__}; "
+                          "is `herald run` running?") from exc
+
+
+def _print_error(response: httpx.Response) -> None:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text}
+    pointer = f" at {body['pointer']}" if body.get("pointer") else ""
+    print(f"error ({response.status_code}){pointer}: {body.get('error')}", file=sys.stderr)
+    for line in body.get("errors", []):
+        print(f"  {line}", file=sys.stderr)
+
+
+def cmd_emit(args) -> int:
+    text = sys.stdin.read() if args.event == "-" else Path(args.event).read_text(encoding="utf-8")
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HeraldError(f"{args.event}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from exc
+    response = _call(args, "POST", "/events", json=payload)
+    if response.status_code != 202:
+        _print_error(response)
+        return 1
+    body = response.json()
+    print(f"accepted: {', '.join(body['accepted'])}" +
+          (f" (already known: {', '.join(body['duplicates'])})" if body.get("duplicates") else ""))
+    return 0
+
+
+def cmd_reload(args) -> int:
+    response = _call(args, "POST", "/reload")
+    if response.status_code != 200:
+        _print_error(response)
+        print("kept the running rules", file=sys.stderr)
+        return 1
+    print(f"reloaded: {response.json()['rules']} rule(s)")
+    return 0
+
+
+def cmd_send(args) -> int:
+    payload = {"to": args.to}
+    for key in ("text", "template", "channel", "site", "sender"):
+        if getattr(args, key):
+            payload[key] = getattr(args, key)
+    response = _call(args, "POST", "/messages", json=payload)
+    if response.status_code != 202:
+        _print_error(response)
+        return 1
+    print("queued: " + ", ".join(str(i) for i in response.json()["queued"]))
+    return 0
+
+
+def cmd_balance(args) -> int:
+    response = _call(args, "GET", "/balance")
+    if response.status_code != 200:
+        _print_error(response)
+        return 1
+    body = response.json()
+    print(f"{body['amount']} {body['currency']}" + (f" (limit {body['limit']})" if body.get("limit") else ""))
+    return 0
+
+
+def _store(args):
+    from engine.store import Store
+    config = load_config(args.config)
+    if not Path(config.store).exists():
+        raise HeraldError(f"no store at {config.store} yet: run `herald run` first")
+    return Store(config.store)
+
+
+HISTORY_COLUMNS = ("id", "created_at", "state", "channel", "to", "rule", "text", "reason")
+
+
+def cmd_history(args) -> int:
+    from engine.events import parse_time
+    store = _store(args)
+    since = parse_time(args.since, "--since") if args.since else None
+    rows = store.messages(state=args.status, phone=args.phone, rule=args.rule, event=args.event,
+                          since=since, limit=args.limit)
+    if args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else list(HISTORY_COLUMNS),
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        return 0
+    print(format_table(rows))
+    return 0
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no messages"
+    widths = {"text": 40, "reason": 30, "created_at": 19, "rule": 24}
+    cells = [[_cell(r.get(c), widths.get(c, 20)) for c in HISTORY_COLUMNS] for r in rows]
+    sizes = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(HISTORY_COLUMNS)]
+    line = "  ".join(c.ljust(sizes[i]) for i, c in enumerate(HISTORY_COLUMNS))
+    out = [line, "  ".join("-" * s for s in sizes)]
+    out += ["  ".join(v.ljust(sizes[i]) for i, v in enumerate(row)) for row in cells]
+    return "\n".join(out)
+
+
+def _cell(value, width: int) -> str:
+    text = "" if value is None else str(value).replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cmd_trace(args) -> int:
+    store = _store(args)
+    trace = store.message_trace(args.id)
+    if trace is None:
+        raise HeraldError(f"no message {args.id}")
+    if args.json:
+        print(json.dumps(trace, ensure_ascii=False, indent=2))
+        return 0
+    m = trace["message"]
+    print(f"message {m['id']} ({m['reference']}): {m['state']}" + (f" — {m['reason']}" if m["reason"] else ""))
+    print(f"  {m['channel']} to {m['to']} from {m['sender']}: {m['text']}")
+    if m.get("sms_text") and m["channel"] != "sms":
+        print(f"  sms fallback from {m['sms_sender']}: {m['sms_text']}")
+    print(f"  created {m['created_at']}, send at {m['send_at']}, sent {m['sent_at']}, final {m['final_at']}")
+    if trace["event"]:
+        e = trace["event"]
+        print(f"event {e['id']}: {e['type']} (site {e['site']}, {e['time']})")
+    if trace["firing"]:
+        f = trace["firing"]
+        print(f"rule {f['rule']} (version {f['rule_version']}) at {f['at']}: {f['reason']}")
+        for step in f["trace"].get("trace", []):
+            print(f"  {step}")
+    for x in trace["exchanges"]:
+        print(f"BSG {x['method']} {x['path']} → {x['status']} in {x['seconds']:.3f}s")
+        print(f"  request:  {json.dumps(x['request'], ensure_ascii=False)}")
+        print(f"  response: {json.dumps(x['response'], ensure_ascii=False)}")
+    return 0
+
+
+def cmd_fake_bsg(args) -> int:
+    from engine.fakebsg import main
+    return main(args.rest)

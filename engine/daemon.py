@@ -1,0 +1,418 @@
+"""The reactor: `herald run`. One trio nursery owns every component.
+
+    intake (HTTP, connectors, schedules) ─► journal ─► processor ─► outbox ─► dispatcher ─► BSG
+                                               ▲             │                    │
+                                               │          timers            status poller
+                                               └── message.delivered / message.failed events
+
+Every component reports started only when it is ready, so a taken port or a bad
+config fails `herald run` at start with one line and exit 2. Blocking work (SQLite)
+runs in a worker thread, one call at a time, in batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import signal
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+from zoneinfo import ZoneInfo
+
+import trio
+
+from engine.config import Config, load_config
+from engine.directory import StaticDirectory
+from engine.errors import EventError, HeraldError, LoadError
+from engine.evaluate import Delayed, Evaluator, PlannedMessage, RuleRun
+from engine.events import Event, parse_event
+from engine.loader import Project, load_project
+from engine.store import Store
+from grammar.model import Rule, ScheduleTrigger
+
+log = logging.getLogger("herald")
+
+EVENT_BATCH = 200
+
+
+class StartupError(HeraldError):
+    """The daemon cannot start: one clear line for the operator."""
+
+
+class Pulse:
+    """A wake-up call between tasks: `set()` from anywhere, `wait(timeout)` in one task."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        with trio.move_on_after(max(timeout, 0)):
+            await self._event.wait()
+        self._event = trio.Event()
+
+
+class Clock:
+    """Wall time for the daemon; tests swap in a virtual one driven by trio's clock."""
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+
+class VirtualClock(Clock):
+    """Starts at `start` and advances with trio's (mock) clock."""
+
+    def __init__(self, start: datetime):
+        self.start = start
+        self._t0: float | None = None
+
+    def now(self) -> datetime:
+        if self._t0 is None:
+            self._t0 = trio.current_time()
+        return self.start + timedelta(seconds=trio.current_time() - self._t0)
+
+
+def rule_version(rule: Rule) -> str:
+    return hashlib.sha1(rule.canonical().encode()).hexdigest()[:12]
+
+
+_OUTBOX_STATE = {"planned": "queued", "deferred": "deferred"}
+
+
+@dataclass
+class ConnectorStatus:
+    type: str
+    alive: bool = False
+    detail: str = "starting"
+    since: datetime | None = None
+
+
+class Daemon:
+    def __init__(self, config: Config, *, clock: Clock | None = None, bsg_transport=None,
+                 log_format: str = "text"):
+        self.config = config
+        self.clock = clock or Clock()
+        self.project: Project | None = None
+        self.store: Store | None = None
+        self.directory = StaticDirectory()
+        self.db_limiter = trio.CapacityLimiter(1)
+        self.events_wake = Pulse()
+        self.timers_wake = Pulse()
+        self.dispatch_wake = Pulse()
+        self.reloaded = Pulse()
+        self.generation = 0
+        self.connectors: dict[str, ConnectorStatus] = {}
+        self.bsg_transport = bsg_transport
+        self.http_url: str | None = None
+        self.sandbox_url: str | None = None
+        self.stopping = trio.Event()
+        self.started = trio.Event()
+        self.dispatcher = None
+
+    # ---- blocking work, one call at a time ----
+    async def db(self, fn: Callable, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.db_limiter)
+
+    # ---- start and stop ----
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        from engine.dispatcher import Dispatcher
+        from engine.http import serve_api
+
+        self.project = await trio.to_thread.run_sync(load_project, self.config)
+        for warning in self.project.warnings:
+            log.warning("%s", warning.format())
+        self.store = await trio.to_thread.run_sync(Store, self.config.store)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.dispatcher = Dispatcher(self)
+                await nursery.start(self.dispatcher.run)      # BSG (or the sandbox) first
+                await nursery.start(self._processor)
+                await nursery.start(self._timers)
+                await nursery.start(self._scheduler)
+                await self._start_connectors(nursery)
+                try:
+                    self.http_url = await nursery.start(serve_api, self)
+                except OSError as exc:
+                    raise StartupError(f"cannot listen on {self.config.http.listen}: {exc.strerror or exc}") from exc
+                nursery.start_soon(self._signals, nursery.cancel_scope)
+                nursery.start_soon(self._checkpoints)
+                log.info("herald ready: %d rule(s), API on %s", len(self.project.rules), self.http_url)
+                self.started.set()
+                task_status.started(self.http_url)
+        finally:
+            if self.store is not None:
+                with trio.CancelScope(shield=True):
+                    await self.db(self.store.close)
+
+    async def _signals(self, cancel_scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                    continue
+                log.info("herald stopping (%s): intake closed, in-flight messages persist",
+                         signal.Signals(signum).name)
+                self.stopping.set()
+                # messages claimed for sending stay `sending` and are resolved by reference
+                # on the next start; give an in-flight BSG call a moment to finish first
+                with trio.move_on_after(3):
+                    while self.dispatcher is not None and self.dispatcher.busy:
+                        await trio.sleep(0.05)
+                cancel_scope.cancel()
+                return
+
+    async def stop(self) -> None:
+        self.stopping.set()
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await trio.sleep(30)
+            await self.db(self.store.checkpoint)
+
+    # ---- intake ----
+    def parse_events(self, payload: Any) -> list[Event]:
+        """Validate one event or a list; raises EventError pointing into the payload."""
+        items = payload if isinstance(payload, list) else [payload]
+        prefix = isinstance(payload, list)
+        if prefix and not items:
+            raise EventError("an empty list has no events", "")
+        default_site = next(iter(self.config.sites))
+        now = self.clock.now()
+        return [parse_event(obj, default_site=default_site, known_sites=self.config.sites, now=now,
+                            pointer=f"/{i}" if prefix else "") for i, obj in enumerate(items)]
+
+    async def accept(self, events: Sequence[Event], source: str,
+                     cursor: tuple[str, str, str] | None = None) -> list[tuple[str, bool]]:
+        """Journal events (committed before this returns) and wake the processor."""
+        result = await self.db(self.store.add_events, events, source, cursor)
+        self.events_wake.set()
+        return result
+
+    # ---- processing ----
+    async def _processor(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            count = await self.db(self._process_batch)
+            if count:
+                self.dispatch_wake.set()
+                self.timers_wake.set()
+                continue
+            await self.events_wake.wait(1.0)
+
+    def _evaluator(self) -> Evaluator:
+        return Evaluator(self.project, state=self.store, directory=self.directory)
+
+    def _process_batch(self) -> int:
+        """Process pending journal events: firings, messages, timers and entity state are
+        committed with the events' `done` mark, or not at all."""
+        store = self.store
+        events = store.pending_events(EVENT_BATCH)
+        if not events:
+            return 0
+        evaluator = self._evaluator()
+        now = self.clock.now()
+        with store.transaction():
+            for event in events:
+                if event.type == "schedule" and isinstance(event.data.get("schedule"), Mapping):
+                    runs, delayed = self._schedule_runs(evaluator, event), []
+                else:
+                    runs, delayed = evaluator.process(event, now)
+                for run in runs:
+                    self._record_run(run, event, now)
+                for item in delayed:
+                    store.add_timer(item.rule_id, item.event.id, item.due, item.previous)
+            store.mark_events_done(e.id for e in events)
+        return len(events)
+
+    def _schedule_runs(self, evaluator: Evaluator, event: Event) -> list[RuleRun]:
+        rule = self.project.rule(str(event.data["schedule"].get("rule")))
+        if rule is None:
+            return []
+        return [evaluator.run(rule, event, event.time, event.data)]
+
+    def _record_run(self, run: RuleRun, event: Event, now: datetime) -> None:
+        store = self.store
+        trace = run.as_json()
+        trace["event"] = event.id
+        firing_id = store.add_firing(event.id, run.rule.id, rule_version(run.rule), run.fired, run.reason,
+                                     trace, now)
+        for m in run.messages:
+            self._enqueue(m, event.site, firing_id)
+
+    def _enqueue(self, m: PlannedMessage, site: str, firing_id: int | None, kind: str = "rule") -> int:
+        state = _OUTBOX_STATE.get(m.status, m.status)
+        message_id, _ = self.store.add_message(
+            site=site, channel=m.channel, to_phone=m.to, state=state, send_at=m.send_at, kind=kind,
+            event_id=m.event_id or None, rule_id=m.rule_id or None, firing_id=firing_id, recipient=m.recipient,
+            copy=m.copy, sender=m.sender, text=m.text, sms_sender=m.sms_sender, sms_text=m.sms_text,
+            encoding=m.encoding, parts=m.parts, template=m.template, reason=m.reason, stale_at=m.stale_at)
+        return message_id
+
+    # ---- timers (`after`) ----
+    async def _timers(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            count = await self.db(self._run_due_timers)
+            if count:
+                self.dispatch_wake.set()
+                continue
+            due = await self.db(self.store.next_timer_due)
+            wait = 60.0 if due is None else (due - self.clock.now()).total_seconds()
+            await self.timers_wake.wait(min(wait, 60.0))
+
+    def _run_due_timers(self) -> int:
+        store = self.store
+        now = self.clock.now()
+        timers = store.due_timers(now)
+        if not timers:
+            return 0
+        evaluator = self._evaluator()
+        with store.transaction():
+            for timer in timers:
+                event = store.event(timer["event_id"])
+                if event is None:
+                    store.finish_timer(timer["id"], "cancelled", "its event is no longer in the journal")
+                    continue
+                previous = _loads(timer["previous"])
+                item = Delayed(timer["rule_id"], event, datetime.fromtimestamp(timer["due"], timezone.utc), previous)
+                run = evaluator.run_delayed(item, now)
+                if self.project.rule(item.rule_id) is None:
+                    store.finish_timer(timer["id"], "cancelled", run.reason)
+                    continue
+                self._record_run(run, event, now)
+                store.finish_timer(timer["id"], "done", run.reason)
+        return len(timers)
+
+    # ---- schedules ----
+    async def _scheduler(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            generation = self.generation
+            upcoming = self._next_schedule()
+            if upcoming is None:
+                await self.reloaded.wait(3600)
+                continue
+            when, rule, site_id = upcoming
+            await self.reloaded.wait((when - self.clock.now()).total_seconds())
+            if self.generation != generation or self.clock.now() < when:
+                continue                     # rules changed, or woken early: compute again
+            event = Event("schedule", {"schedule": {"rule": rule.id, "time": when.isoformat()}}, site_id,
+                          f"schedule:{rule.id}:{site_id}:{when.isoformat()}", when)
+            await self.accept([event], "schedule")
+
+    def _next_schedule(self) -> tuple[datetime, Rule, str] | None:
+        now = self.clock.now()
+        best = None
+        for rule in self.project.matcher.schedules:
+            for site_id, site in self.config.sites.items():
+                when = rule.trigger.next_fire(now.astimezone(ZoneInfo(site.timezone)))
+                if best is None or when < best[0]:
+                    best = (when, rule, site_id)
+        return best
+
+    # ---- connectors ----
+    async def _start_connectors(self, nursery: trio.Nursery) -> None:
+        import connectors
+        from engine.intake import Context
+
+        for i, entry in enumerate(self.config.connectors):
+            cls = connectors.find(entry.type)
+            if cls is None:
+                raise StartupError(f"{entry.location}: unknown connector type {entry.type!r}; "
+                                   f"available: {', '.join(connectors.available()) or 'none'}")
+            name = str(entry.options.get("name") or f"{entry.type}{i + 1}")
+            connector = cls(entry)
+            self.connectors[name] = ConnectorStatus(entry.type)
+            await nursery.start(connector.run, Context(self, name))
+
+    # ---- reload ----
+    async def reload(self) -> tuple[bool, list[str]]:
+        """Re-read config, rules and templates; swap atomically or keep the running set."""
+        try:
+            config = await trio.to_thread.run_sync(load_config, self.config.path)
+            project = await trio.to_thread.run_sync(load_project, config)
+        except LoadError as exc:
+            for d in exc.diagnostics:
+                log.error("reload: %s", d.headline())
+            log.error("reload failed: kept the running rules (%d)", len(self.project.rules))
+            return False, [d.headline() for d in exc.diagnostics if d.is_error]
+        await self.db(self._swap, config, project)
+        self.reloaded.set()
+        self.events_wake.set()
+        log.info("reloaded: %d rule(s)", len(project.rules))
+        return True, []
+
+    def _swap(self, config: Config, project: Project) -> None:
+        """Runs while holding the store: no batch is half-processed by two rule sets."""
+        removed = {r.id for r in self.project.rules} - {r.id for r in project.rules}
+        cancelled = self.store.cancel_timers_of(removed, "the rule was removed by a reload")
+        if cancelled:
+            log.info("reload: cancelled %d pending timer(s) of removed rules", cancelled)
+        if (config.http.listen, config.store) != (self.config.http.listen, self.config.store):
+            log.warning("reload: http.listen and store changes take effect on restart")
+        self.config, self.project = config, project
+        self.generation += 1
+
+    # ---- health ----
+    async def health(self) -> dict:
+        stats = await self.db(self.store.stats)
+        return {
+            "status": "ok" if not self.stopping.is_set() else "stopping",
+            "rules": len(self.project.rules),
+            "sandbox": self.sandbox_url is not None,
+            "queue_depth": stats["queue_depth"],
+            "oldest_queued_age": stats["oldest_queued_age"],
+            "deferred": stats["deferred"],
+            "pending_events": stats["pending_events"],
+            "pending_timers": stats["pending_timers"],
+            "messages": stats["messages"],
+            "connectors": {name: {"type": c.type, "alive": c.alive, "detail": c.detail,
+                                  "since": c.since.isoformat() if c.since else None}
+                           for name, c in self.connectors.items()},
+        }
+
+
+def _loads(text: str | None) -> Any:
+    import json
+    return json.loads(text) if text else None
+
+
+def run_daemon(config_path: str | None, log_format: str = "text") -> int:
+    """`herald run`: 0 after SIGTERM/SIGINT, 2 when it cannot start."""
+    from engine.logs import setup_logging
+
+    try:
+        config = load_config(config_path)
+    except LoadError as exc:
+        print(exc.format(), flush=True)
+        return 2
+    setup_logging(log_format, secrets=_secrets_of(config))
+    daemon = Daemon(config)
+    try:
+        trio.run(daemon.run)
+    except LoadError as exc:
+        for d in exc.diagnostics:
+            log.error("%s", d.format())
+        return 2
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _secrets_of(config: Config) -> list[str]:
+    values = []
+    keys = [config.bsg.api_key, *(b.api_key for b in config.bsg.backup), *config.http.tokens]
+    if config.smtp is not None:
+        keys.append(config.smtp.password)
+    for key in keys:
+        if key is not None:
+            values.append(key.reveal())
+    return [v for v in values if v]

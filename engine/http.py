@@ -1,0 +1,188 @@
+"""The HTTP API (CONFIG.md "HTTP"): Starlette on trio, served by Hypercorn.
+
+Every endpoint but `GET /health` needs `Authorization: Bearer TOKEN` (compared in
+constant time). With no tokens configured the API is local-only: it answers clients
+on the loopback address and nobody else. Errors are JSON with a JSON pointer where
+the problem is in the request body.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from engine.errors import EventError, HeraldError
+from engine.events import parse_time
+
+log = logging.getLogger("herald.http")
+
+
+class ApiError(HeraldError):
+    def __init__(self, status: int, message: str, pointer: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.pointer = status, message, pointer
+
+    def response(self) -> JSONResponse:
+        body: dict[str, Any] = {"error": self.message}
+        if self.pointer is not None:
+            body["pointer"] = self.pointer
+        return JSONResponse(body, status_code=self.status)
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _authorize(request: Request, daemon) -> None:
+    tokens = daemon.config.http.tokens
+    if not tokens:
+        client = request.client.host if request.client else None
+        if not _is_loopback(client):
+            raise ApiError(403, "no API tokens are configured, so the API answers this machine only")
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise ApiError(401, "send Authorization: Bearer <token>")
+    given_bytes = given.strip().encode()
+    if not any(hmac.compare_digest(given_bytes, t.reveal().encode()) for t in tokens):
+        raise ApiError(401, "the bearer token is not valid")
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise ApiError(413, f"the body is over the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"the body is over the limit of {limit} bytes")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ApiError(400, f"the body is not valid JSON{where}", "") from exc
+
+
+def create_app(daemon) -> Starlette:
+    def endpoint(fn, *, auth: bool = True):
+        async def handler(request: Request):
+            try:
+                if auth:
+                    _authorize(request, daemon)
+                return await fn(request)
+            except ApiError as exc:
+                return exc.response()
+            except EventError as exc:
+                return JSONResponse(exc.as_json(), status_code=400)
+        return handler
+
+    async def post_events(request: Request):
+        if daemon.stopping.is_set():
+            raise ApiError(503, "herald is shutting down; send again in a moment")
+        payload = await _json_body(request, daemon.config.http.max_body)
+        events = daemon.parse_events(payload)
+        accepted = await daemon.accept(events, "http")
+        return JSONResponse({"accepted": [i for i, _ in accepted],
+                             "duplicates": [i for i, new in accepted if not new]}, status_code=202)
+
+    async def health(request: Request):
+        return JSONResponse(await daemon.health())
+
+    async def list_messages(request: Request):
+        q = request.query_params
+        try:
+            limit = min(int(q.get("limit", 50)), 500)
+            before = int(q["before"]) if "before" in q else None
+        except ValueError as exc:
+            raise ApiError(400, "limit and before must be whole numbers") from exc
+        since = parse_time(q["since"], "since") if "since" in q else None
+        rows = await daemon.db(lambda: daemon.store.messages(
+            state=q.get("status"), phone=q.get("phone"), rule=q.get("rule"), event=q.get("event"),
+            since=since, limit=limit, before_id=before))
+        body: dict[str, Any] = {"messages": rows}
+        if len(rows) == limit and rows:
+            body["next"] = f"/messages?{_next_query(q, rows[-1]['id'])}"
+        return JSONResponse(body)
+
+    async def get_message(request: Request):
+        key = request.path_params["id"]
+        trace = await daemon.db(daemon.store.message_trace, key)
+        if trace is None:
+            raise ApiError(404, f"no message {key}")
+        return JSONResponse(trace)
+
+    async def post_message(request: Request):
+        payload = await _json_body(request, daemon.config.http.max_body)
+        from engine.manual import manual_send
+        ids = await manual_send(daemon, payload)
+        return JSONResponse({"queued": ids}, status_code=202)
+
+    async def balance(request: Request):
+        client = daemon.dispatcher.client if daemon.dispatcher else None
+        if client is None:
+            raise ApiError(503, "BSG client not started")
+        from engine.bsg import BsgError
+        try:
+            result = await client.balance()
+        except BsgError as exc:
+            raise ApiError(502, f"BSG: {exc}") from exc
+        return JSONResponse({"amount": str(result.amount), "currency": result.currency,
+                             "limit": str(result.limit) if result.limit is not None else None})
+
+    async def reload(request: Request):
+        ok, errors = await daemon.reload()
+        body = {"reloaded": ok, "rules": len(daemon.project.rules), "errors": errors}
+        return JSONResponse(body, status_code=200 if ok else 422)
+
+    async def not_found(request: Request, exc):
+        return JSONResponse({"error": f"no such endpoint: {request.method} {request.url.path}"},
+                            status_code=getattr(exc, "status_code", 404))
+
+    routes = [
+        Route("/events", endpoint(post_events), methods=["POST"]),
+        Route("/health", endpoint(health, auth=False), methods=["GET"]),
+        Route("/messages", endpoint(list_messages), methods=["GET"]),
+        Route("/messages", endpoint(post_message), methods=["POST"]),
+        Route("/messages/{id}", endpoint(get_message), methods=["GET"]),
+        Route("/balance", endpoint(balance), methods=["GET"]),
+        Route("/reload", endpoint(reload), methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+
+def _next_query(q, last_id: int) -> str:
+    from urllib.parse import urlencode
+    params = {k: v for k, v in q.items() if k != "before"}
+    params["before"] = str(last_id)
+    return urlencode(params)
+
+
+async def serve_api(daemon, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until cancelled; `started(url)` once the socket listens (OSError if it cannot)."""
+    http = daemon.config.http
+    config = HypercornConfig()
+    config.bind = [f"[{http.host}]:{http.port}" if ":" in http.host else f"{http.host}:{http.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 2
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(lambda task_status: serve(create_app(daemon), config,
+                                                              task_status=task_status))
+        task_status.started(binds[0] if binds else f"http://{http.host}:{http.port}")

@@ -1,0 +1,510 @@
+"""Herald's own state in SQLite (WAL), and the only module that speaks SQL.
+
+Tables: the event journal, the last known state of every entity, firings (with their
+traces) and `once per` memory, durable timers, the outbox, BSG exchanges, connector
+cursors. Exactly-once rests on two things here: an event is processed in the same
+transaction that records its firings, messages, timers and new entity state (a crash
+rolls all of it back, and the event is processed again), and every message gets its
+BSG reference when it is written, before any send.
+
+The connection is used from one worker thread at a time (the reactor serialises calls);
+every method is synchronous.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import sqlite_utils
+
+from engine.events import Event
+
+FINAL_STATES = ("delivered", "failed", "expired", "skipped", "cancelled", "undelivered")
+
+
+def _now() -> float:
+    return time.time()
+
+
+def to_epoch(when: datetime) -> float:
+    return when.timestamp()
+
+
+def from_epoch(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def new_reference() -> str:
+    """A BSG reference: ≤ 32 characters of [A-Za-z0-9], unique across Herald instances."""
+    return "hr" + secrets.token_hex(12)
+
+
+# ---- migrations: named, applied once, in order ------------------------------------------
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_journal", """
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL, site TEXT NOT NULL, time REAL NOT NULL,
+            data TEXT NOT NULL, previous TEXT,
+            source TEXT NOT NULL, received_at REAL NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',        -- pending | done
+            processed_at REAL
+        );
+        CREATE INDEX events_pending ON events(status, seq);
+        CREATE TABLE entities (key TEXT PRIMARY KEY, data TEXT NOT NULL, updated_at REAL NOT NULL);
+    """),
+    ("0002_firings", """
+        CREATE TABLE firings (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL, rule_id TEXT NOT NULL, rule_version TEXT NOT NULL,
+            fired INTEGER NOT NULL, reason TEXT, trace TEXT NOT NULL, at REAL NOT NULL,
+            UNIQUE(event_id, rule_id, at)
+        );
+        CREATE INDEX firings_event ON firings(event_id);
+        CREATE TABLE once_per (rule_id TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,
+                               PRIMARY KEY (rule_id, key));
+        CREATE TABLE timers (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            rule_id TEXT NOT NULL, event_id TEXT NOT NULL, due REAL NOT NULL,
+            previous TEXT, status TEXT NOT NULL DEFAULT 'pending',   -- pending | done | cancelled
+            reason TEXT, created_at REAL NOT NULL, done_at REAL
+        );
+        CREATE INDEX timers_due ON timers(status, due);
+    """),
+    ("0003_outbox", """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            reference TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL DEFAULT 'rule',             -- rule | manual
+            event_id TEXT, rule_id TEXT, firing_id INTEGER, site TEXT NOT NULL,
+            channel TEXT NOT NULL, to_phone TEXT NOT NULL, recipient TEXT, copy INTEGER NOT NULL DEFAULT 0,
+            sender TEXT, text TEXT, sms_sender TEXT, sms_text TEXT, encoding TEXT, parts INTEGER,
+            template TEXT,
+            state TEXT NOT NULL,     -- queued deferred sending sent delivered failed expired skipped cancelled
+            reason TEXT, error_code INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
+            bsg_id TEXT, bsg_status TEXT, sms_bsg_id TEXT, price TEXT, currency TEXT,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL,
+            send_at REAL NOT NULL, stale_at REAL, next_attempt_at REAL NOT NULL,
+            sent_at REAL, final_at REAL, next_poll_at REAL
+        );
+        CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
+        CREATE INDEX outbox_poll ON outbox(state, next_poll_at);
+        CREATE INDEX outbox_event ON outbox(event_id);
+        CREATE INDEX outbox_phone ON outbox(to_phone);
+        CREATE TABLE exchanges (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, endpoint TEXT NOT NULL,
+            method TEXT NOT NULL, path TEXT NOT NULL, request TEXT, status INTEGER,
+            response TEXT, seconds REAL
+        );
+        CREATE TABLE exchange_refs (exchange_id INTEGER NOT NULL, reference TEXT NOT NULL);
+        CREATE INDEX exchange_refs_ref ON exchange_refs(reference);
+    """),
+    ("0004_cursors", """
+        CREATE TABLE cursors (connector TEXT NOT NULL, key TEXT NOT NULL, value TEXT,
+                              updated_at REAL NOT NULL, PRIMARY KEY (connector, key));
+    """),
+]
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    reference: str
+    site: str
+    channel: str
+    to_phone: str
+    sender: str | None
+    text: str | None
+    sms_sender: str | None
+    sms_text: str | None
+    state: str
+    attempts: int
+    stale_at: float | None
+    send_at: float
+    rule_id: str | None
+    event_id: str | None
+
+    @property
+    def msisdn(self) -> str:
+        return self.to_phone.lstrip("+")
+
+
+_OUTBOX_FIELDS = ("id", "reference", "site", "channel", "to_phone", "sender", "text", "sms_sender", "sms_text",
+                  "state", "attempts", "stale_at", "send_at", "rule_id", "event_id")
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._in_tx = 0
+        self.db = sqlite_utils.Database(self._conn)
+        self._execute("PRAGMA journal_mode=WAL")
+        self._execute("PRAGMA synchronous=NORMAL")
+        self._execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # ---- plumbing ----
+    def _execute(self, sql: str, params: Sequence | Mapping = ()) -> sqlite3.Cursor:
+        return self._conn.execute(sql, params)
+
+    @contextmanager
+    def transaction(self) -> Iterator["Store"]:
+        """One atomic unit. Nested uses join the outer transaction."""
+        with self._lock:
+            if self._in_tx:
+                self._in_tx += 1
+                try:
+                    yield self
+                finally:
+                    self._in_tx -= 1
+                return
+            self._execute("BEGIN IMMEDIATE")
+            self._in_tx = 1
+            try:
+                yield self
+            except BaseException:
+                self._execute("ROLLBACK")
+                raise
+            else:
+                self._execute("COMMIT")
+            finally:
+                self._in_tx = 0
+
+    def migrate(self) -> list[str]:
+        with self.transaction():
+            self._execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+            done = {r[0] for r in self._execute("SELECT name FROM migrations")}
+            applied = []
+            for name, sql in MIGRATIONS:
+                if name in done:
+                    continue
+                for statement in filter(str.strip, sql.split(";")):
+                    self._execute(statement)
+                self._execute("INSERT INTO migrations VALUES (?, ?)", (name, _now()))
+                applied.append(name)
+        return applied
+
+    def checkpoint(self) -> None:
+        """Run off the hot path: automatic WAL checkpoints are the latency spikes."""
+        with self._lock:
+            self._execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    # ---- the event journal ----
+    def add_events(self, events: Iterable[Event], source: str,
+                   cursor: tuple[str, str, str] | None = None) -> list[tuple[str, bool]]:
+        """Journal events (and a connector's cursor, atomically). Returns (id, is_new);
+        an id already journaled is kept as it was: the same id never fires twice."""
+        out = []
+        now = _now()
+        with self.transaction():
+            for e in events:
+                cur = self._execute(
+                    "INSERT OR IGNORE INTO events (id, type, site, time, data, previous, source, received_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (e.id, e.type, e.site, to_epoch(e.time), _json(e.data),
+                     _json(e.previous) if e.previous is not None else None, source, now))
+                out.append((e.id, cur.rowcount == 1))
+            if cursor is not None:
+                self.set_cursor(*cursor)
+        return out
+
+    def pending_events(self, limit: int = 200) -> list[Event]:
+        with self._lock:
+            rows = self._execute("SELECT * FROM events WHERE status = 'pending' ORDER BY seq LIMIT ?",
+                                 (limit,)).fetchall()
+        return [self._event(r) for r in rows]
+
+    def event(self, event_id: str) -> Event | None:
+        with self._lock:
+            row = self._execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
+        return self._event(row) if row else None
+
+    @staticmethod
+    def _event(row: sqlite3.Row) -> Event:
+        previous = json.loads(row["previous"]) if row["previous"] else None
+        return Event(row["type"], json.loads(row["data"]), row["site"], row["id"],
+                     from_epoch(row["time"]), previous)
+
+    def mark_events_done(self, ids: Iterable[str]) -> None:
+        now = _now()
+        with self.transaction():
+            self._conn.executemany("UPDATE events SET status = 'done', processed_at = ? WHERE id = ?",
+                                   [(now, i) for i in ids])
+
+    # ---- entity state and once-per memory (the evaluator's StateStore) ----
+    def get_state(self, entity_key: str) -> Mapping | None:
+        with self._lock:
+            row = self._execute("SELECT data FROM entities WHERE key = ?", (entity_key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_state(self, entity_key: str, data: Mapping) -> None:
+        with self._lock:
+            self._execute("INSERT INTO entities (key, data, updated_at) VALUES (?, ?, ?) "
+                          "ON CONFLICT(key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+                          (entity_key, _json(data), _now()))
+
+    def last_firing(self, rule_id: str, key: tuple) -> datetime | None:
+        with self._lock:
+            row = self._execute("SELECT at FROM once_per WHERE rule_id = ? AND key = ?",
+                                (rule_id, _json(key))).fetchone()
+        return from_epoch(row[0]) if row else None
+
+    def record_firing(self, rule_id: str, key: tuple, when: datetime) -> None:
+        with self._lock:
+            self._execute("INSERT INTO once_per VALUES (?, ?, ?) ON CONFLICT(rule_id, key) DO UPDATE SET at = excluded.at",
+                          (rule_id, _json(key), to_epoch(when)))
+
+    # ---- firings, timers ----
+    def add_firing(self, event_id: str, rule_id: str, rule_version: str, fired: bool, reason: str,
+                   trace: Mapping, when: datetime) -> int:
+        with self._lock:
+            cur = self._execute(
+                "INSERT INTO firings (event_id, rule_id, rule_version, fired, reason, trace, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (event_id, rule_id, rule_version, int(fired), reason, _json(trace), to_epoch(when)))
+            return cur.lastrowid
+
+    def add_timer(self, rule_id: str, event_id: str, due: datetime, previous: Mapping | None) -> int:
+        with self._lock:
+            cur = self._execute(
+                "INSERT INTO timers (rule_id, event_id, due, previous, created_at) VALUES (?, ?, ?, ?, ?)",
+                (rule_id, event_id, to_epoch(due), _json(previous) if previous is not None else None, _now()))
+            return cur.lastrowid
+
+    def due_timers(self, now: datetime, limit: int = 200) -> list[dict]:
+        with self._lock:
+            rows = self._execute("SELECT * FROM timers WHERE status = 'pending' AND due <= ? ORDER BY due LIMIT ?",
+                                 (to_epoch(now), limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    def next_timer_due(self) -> datetime | None:
+        with self._lock:
+            row = self._execute("SELECT MIN(due) FROM timers WHERE status = 'pending'").fetchone()
+        return from_epoch(row[0]) if row and row[0] is not None else None
+
+    def finish_timer(self, timer_id: int, status: str, reason: str = "") -> None:
+        with self._lock:
+            self._execute("UPDATE timers SET status = ?, reason = ?, done_at = ? WHERE id = ?",
+                          (status, reason, _now(), timer_id))
+
+    def cancel_timers_of(self, rule_ids: Iterable[str], reason: str) -> int:
+        ids = list(rule_ids)
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        with self.transaction():
+            cur = self._execute(f"UPDATE timers SET status = 'cancelled', reason = ?, done_at = ? "
+                                f"WHERE status = 'pending' AND rule_id IN ({marks})", (reason, _now(), *ids))
+        return cur.rowcount
+
+    # ---- the outbox ----
+    def add_message(self, *, site: str, channel: str, to_phone: str, state: str, send_at: datetime,
+                    kind: str = "rule", event_id: str | None = None, rule_id: str | None = None,
+                    firing_id: int | None = None, recipient: str = "", copy: bool = False,
+                    sender: str | None = None, text: str | None = None, sms_sender: str | None = None,
+                    sms_text: str | None = None, encoding: str | None = None, parts: int = 0,
+                    template: str | None = None, reason: str = "", stale_at: datetime | None = None) -> tuple[int, str]:
+        now = _now()
+        reference = new_reference()
+        final = now if state in FINAL_STATES else None
+        with self._lock:
+            cur = self._execute(
+                "INSERT INTO outbox (reference, kind, event_id, rule_id, firing_id, site, channel, to_phone, recipient,"
+                " copy, sender, text, sms_sender, sms_text, encoding, parts, template, state, reason, created_at,"
+                " updated_at, send_at, stale_at, next_attempt_at, final_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (reference, kind, event_id, rule_id, firing_id, site, channel, to_phone, recipient, int(copy),
+                 sender, text, sms_sender, sms_text, encoding, parts, template, state, reason, now, now,
+                 to_epoch(send_at), to_epoch(stale_at) if stale_at else None, to_epoch(send_at), final))
+            return cur.lastrowid, reference
+
+    def claim_due(self, now: datetime, limit: int = 100) -> list[OutboxRow]:
+        """Queued/deferred messages whose time has come become `sending` (attempt counted)
+        in one transaction: only what is claimed is sent, and a crash leaves a trail."""
+        ts = to_epoch(now)
+        with self.transaction():
+            rows = self._execute(
+                "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ? "
+                "WHERE id IN (SELECT id FROM outbox WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at, id LIMIT ?) RETURNING " + ", ".join(_OUTBOX_FIELDS),
+                (_now(), ts, limit)).fetchall()
+        return sorted((OutboxRow(*r) for r in rows), key=lambda r: r.id)
+
+    def next_due(self) -> datetime | None:
+        with self._lock:
+            row = self._execute("SELECT MIN(next_attempt_at) FROM outbox WHERE state IN ('queued', 'deferred')").fetchone()
+        return from_epoch(row[0]) if row and row[0] is not None else None
+
+    def in_state(self, state: str, limit: int = 1000) -> list[OutboxRow]:
+        with self._lock:
+            rows = self._execute(f"SELECT {', '.join(_OUTBOX_FIELDS)} FROM outbox WHERE state = ? ORDER BY id LIMIT ?",
+                                 (state, limit)).fetchall()
+        return [OutboxRow(*r) for r in rows]
+
+    def update_message(self, message_id: int, **fields: Any) -> None:
+        """Set columns of one message (state, reason, bsg_id, price …), stamping updated_at."""
+        fields["updated_at"] = _now()
+        if fields.get("state") in FINAL_STATES and "final_at" not in fields:
+            fields["final_at"] = fields["updated_at"]
+        for key in ("price",):
+            if isinstance(fields.get(key), Decimal):
+                fields[key] = str(fields[key])
+        for key, value in list(fields.items()):
+            if isinstance(value, datetime):
+                fields[key] = to_epoch(value)
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._lock:
+            self._execute(f"UPDATE outbox SET {sets} WHERE id = ?", (*fields.values(), message_id))
+
+    def due_polls(self, now: datetime, limit: int = 100) -> list[dict]:
+        with self._lock:
+            rows = self._execute(
+                "SELECT id, reference, channel, sent_at, attempts FROM outbox WHERE state = 'sent' "
+                "AND (next_poll_at IS NULL OR next_poll_at <= ?) ORDER BY next_poll_at LIMIT ?",
+                (to_epoch(now), limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    def next_poll_due(self) -> datetime | None:
+        with self._lock:
+            row = self._execute("SELECT MIN(COALESCE(next_poll_at, 0)) FROM outbox WHERE state = 'sent'").fetchone()
+        return from_epoch(row[0]) if row and row[0] is not None else None
+
+    # ---- exchanges (traces of BSG calls; keys are never stored) ----
+    def add_exchange(self, endpoint: str, method: str, path: str, request: Any, status: int | None,
+                     response: Any, seconds: float, references: Iterable[str]) -> None:
+        with self._lock:
+            cur = self._execute(
+                "INSERT INTO exchanges (at, endpoint, method, path, request, status, response, seconds)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (_now(), endpoint, method, path, _json(request), status, _json(response), seconds))
+            self._conn.executemany("INSERT INTO exchange_refs VALUES (?, ?)",
+                                   [(cur.lastrowid, ref) for ref in references])
+
+    # ---- cursors (connectors) ----
+    def get_cursor(self, connector: str, key: str) -> str | None:
+        with self._lock:
+            row = self._execute("SELECT value FROM cursors WHERE connector = ? AND key = ?", (connector, key)).fetchone()
+        return row[0] if row else None
+
+    def set_cursor(self, connector: str, key: str, value: str) -> None:
+        with self._lock:
+            self._execute("INSERT INTO cursors VALUES (?, ?, ?, ?) ON CONFLICT(connector, key) DO UPDATE SET "
+                          "value = excluded.value, updated_at = excluded.updated_at", (connector, key, value, _now()))
+
+    # ---- reading (HTTP API, CLI) ----
+    def messages(self, *, state: str | None = None, phone: str | None = None, rule: str | None = None,
+                 event: str | None = None, since: datetime | None = None, limit: int = 50,
+                 before_id: int | None = None) -> list[dict]:
+        where, params = [], []
+        for column, value in (("state", state), ("to_phone", phone), ("rule_id", rule), ("event_id", event)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(to_epoch(since))
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        sql = "SELECT * FROM outbox" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            rows = self._execute(sql, (*params, limit)).fetchall()
+        return [message_json(dict(r)) for r in rows]
+
+    def message(self, message_id: int | str) -> dict | None:
+        column = "reference" if isinstance(message_id, str) and not message_id.isdigit() else "id"
+        with self._lock:
+            row = self._execute(f"SELECT * FROM outbox WHERE {column} = ?", (message_id,)).fetchone()
+        return message_json(dict(row)) if row else None
+
+    def message_trace(self, message_id: int | str) -> dict | None:
+        message = self.message(message_id)
+        if message is None:
+            return None
+        with self._lock:
+            firing = self._execute("SELECT * FROM firings WHERE id = ?", (message["firing_id"],)).fetchone() \
+                if message.get("firing_id") else None
+            exchanges = self._execute(
+                "SELECT x.* FROM exchanges x JOIN exchange_refs r ON r.exchange_id = x.id WHERE r.reference = ? "
+                "ORDER BY x.id", (message["reference"],)).fetchall()
+        event = self.event(message["event"]) if message.get("event") else None
+        return {
+            "message": message,
+            "event": event.as_json() if event else None,
+            "firing": _firing_json(dict(firing)) if firing else None,
+            "exchanges": [_exchange_json(dict(x)) for x in exchanges],
+        }
+
+    def firings_of(self, event_id: str) -> list[dict]:
+        with self._lock:
+            rows = self._execute("SELECT * FROM firings WHERE event_id = ? ORDER BY id", (event_id,)).fetchall()
+        return [_firing_json(dict(r)) for r in rows]
+
+    def stats(self) -> dict:
+        with self._lock:
+            counts = dict(self._execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+            oldest = self._execute("SELECT MIN(created_at) FROM outbox WHERE state IN ('queued', 'sending')").fetchone()[0]
+            pending_events = self._execute("SELECT COUNT(*) FROM events WHERE status = 'pending'").fetchone()[0]
+            timers = self._execute("SELECT COUNT(*) FROM timers WHERE status = 'pending'").fetchone()[0]
+        return {"messages": counts, "queue_depth": counts.get("queued", 0) + counts.get("sending", 0),
+                "deferred": counts.get("deferred", 0),
+                "oldest_queued_age": round(_now() - oldest, 3) if oldest else 0.0,
+                "pending_events": pending_events, "pending_timers": timers}
+
+
+def _iso(value: float | None) -> str | None:
+    moment = from_epoch(value)
+    return moment.isoformat() if moment else None
+
+
+def message_json(row: dict) -> dict:
+    return {
+        "id": row["id"], "reference": row["reference"], "kind": row["kind"], "state": row["state"],
+        "reason": row["reason"] or "", "error_code": row["error_code"], "attempts": row["attempts"],
+        "site": row["site"], "channel": row["channel"], "to": row["to_phone"], "recipient": row["recipient"],
+        "copy": bool(row["copy"]), "sender": row["sender"], "text": row["text"], "sms_sender": row["sms_sender"],
+        "sms_text": row["sms_text"], "encoding": row["encoding"], "parts": row["parts"], "template": row["template"],
+        "rule": row["rule_id"], "event": row["event_id"], "firing_id": row["firing_id"],
+        "bsg_id": row["bsg_id"], "bsg_status": row["bsg_status"], "sms_bsg_id": row["sms_bsg_id"],
+        "price": row["price"], "currency": row["currency"],
+        "created_at": _iso(row["created_at"]), "updated_at": _iso(row["updated_at"]),
+        "send_at": _iso(row["send_at"]), "stale_at": _iso(row["stale_at"]), "sent_at": _iso(row["sent_at"]),
+        "final_at": _iso(row["final_at"]),
+    }
+
+
+def _firing_json(row: dict) -> dict:
+    return {"id": row["id"], "event": row["event_id"], "rule": row["rule_id"], "rule_version": row["rule_version"],
+            "fired": bool(row["fired"]), "reason": row["reason"], "at": _iso(row["at"]),
+            "trace": json.loads(row["trace"])}
+
+
+def _exchange_json(row: dict) -> dict:
+    return {"at": _iso(row["at"]), "endpoint": row["endpoint"], "method": row["method"], "path": row["path"],
+            "request": json.loads(row["request"]) if row["request"] else None, "status": row["status"],
+            "response": json.loads(row["response"]) if row["response"] else None, "seconds": row["seconds"]}

@@ -1,0 +1,66 @@
+"""Running a real daemon for tests: in-process under trio, or as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_project(root: Path, rules: str, *, port: int, bsg_url: str | None = None, extra: str = "",
+                  templates: str | None = None, site_extra: str = "") -> Path:
+    (root / "rules").mkdir(parents=True, exist_ok=True)
+    (root / "rules" / "main.rules").write_text(rules, encoding="utf-8")
+    (root / "rules" / "templates.yaml").write_text(templates or 'shipped: "Заказ #ORDER_ID# отгружен"\n',
+                                                   encoding="utf-8")
+    bsg = f"bsg:\n  url: {bsg_url}\n  api_key: test_key\n  rate: 1000\n" if bsg_url else ""
+    config = f"""
+store: var/herald.db
+{bsg}
+sites:
+  s1:
+    name: Shop
+    timezone: Europe/Moscow
+    channel: omni
+    admins: ["+79001234567"]
+{site_extra}
+http:
+  listen: 127.0.0.1:{port}
+{extra}
+"""
+    path = root / "herald.yaml"
+    path.write_text(config, encoding="utf-8")
+    return path
+
+
+def wait_http(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def start_daemon(config: Path, *, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "-c", str(config)],
+                            cwd=config.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
