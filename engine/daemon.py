@@ -338,7 +338,7 @@ class Daemon:
             project = await trio.to_thread.run_sync(load_project, config)
         except LoadError as exc:
             for d in exc.diagnostics:
-                log.error("reload: %s", d.headline())
+                (log.error if d.is_error else log.warning)("reload: %s", d.headline())
             log.error("reload failed: kept the running rules (%d)", len(self.project.rules))
             return False, [d.headline() for d in exc.diagnostics if d.is_error]
         await self.db(self._swap, config, project)

@@ -40,6 +40,8 @@ class Dispatcher:
         self.client: BsgClient | None = None
         self.busy = False
         self._exchanges: list = []
+        from engine.daemon import Pulse
+        self.poll_wake = Pulse()
 
     @property
     def store(self):
@@ -160,6 +162,7 @@ class Dispatcher:
             log.warning("BSG unavailable: %s; unanswered messages will be retried", exc)
             results = list(exc.results) or [SendResult(r.reference, Kind.RETRY, description=str(exc)) for r in rows]
         await self.daemon.db(self._apply_results, rows, results)
+        self.poll_wake.set()
         duplicates = [(row, res) for row, res in zip(rows, results) if res.kind == Kind.DUPLICATE]
         for row, _ in duplicates:
             try:
@@ -234,7 +237,8 @@ class Dispatcher:
                 continue
             nxt = await self.daemon.db(self.store.next_poll_due)
             wait = 30.0 if nxt is None else (nxt - self.now()).total_seconds()
-            await trio.sleep(max(0.2, min(wait, 30.0)))
+            await trio.sleep(0.2)                 # let a burst of sends land before the first poll
+            await self.poll_wake.wait(min(wait, 30.0))
 
     async def _poll_one(self, item: dict) -> None:
         """Ask BSG for one message's status and record it (final: emit message.* events)."""
