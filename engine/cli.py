@@ -78,17 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("balance", help="the BSG account balance")
     _add_config(p)
 
-    p = sub.add_parser("fake-bsg", help="run the fake BSG server (for demos and tests)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("fake-bsg", help="run the fake BSG server: herald fake-bsg --port 8781 (see docs/fake-bsg.md)",
+                   add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fake-bsg"]:                 # its own options: hand them over untouched
+        from engine.fakebsg import main as fake_main
+        return fake_main(argv[1:])
     args = build_parser().parse_args(argv)
     from engine import client_commands as cc
     handler = {"check": cmd_check, "simulate": cmd_simulate, "test": cmd_test, "run": cmd_run,
                "emit": cc.cmd_emit, "reload": cc.cmd_reload, "send": cc.cmd_send, "history": cc.cmd_history,
-               "trace": cc.cmd_trace, "balance": cc.cmd_balance, "fake-bsg": cc.cmd_fake_bsg}[args.command]
+               "trace": cc.cmd_trace, "balance": cc.cmd_balance}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

@@ -164,8 +164,3 @@ def cmd_trace(args) -> int:
         print(f"  request:  {json.dumps(x['request'], ensure_ascii=False)}")
         print(f"  response: {json.dumps(x['response'], ensure_ascii=False)}")
     return 0
-
-
-def cmd_fake_bsg(args) -> int:
-    from engine.fakebsg import main
-    return main(args.rest)

@@ -137,8 +137,12 @@ class Daemon:
                 await self._start_connectors(nursery)
                 try:
                     self.http_url = await nursery.start(serve_api, self)
-                except OSError as exc:
-                    raise StartupError(f"cannot listen on {self.config.http.listen}: {exc.strerror or exc}") from exc
+                except (OSError, BaseExceptionGroup) as exc:
+                    cause = _first(exc, OSError)
+                    if cause is None:
+                        raise
+                    raise StartupError(f"cannot listen on {self.config.http.listen}: "
+                                       f"{cause.strerror or cause}") from exc
                 nursery.start_soon(self._signals, nursery.cancel_scope)
                 nursery.start_soon(self._checkpoints)
                 log.info("herald ready: %d rule(s), API on %s", len(self.project.rules), self.http_url)
@@ -377,6 +381,17 @@ class Daemon:
         }
 
 
+def _first(exc: BaseException, kind: type) -> BaseException | None:
+    """The first `kind` inside a (possibly nested) exception group — servers nest nurseries."""
+    if isinstance(exc, kind):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _first(inner, kind)
+        if found is not None:
+            return found
+    return None
+
+
 def _loads(text: str | None) -> Any:
     import json
     return json.loads(text) if text else None
@@ -395,12 +410,15 @@ def run_daemon(config_path: str | None, log_format: str = "text") -> int:
     daemon = Daemon(config)
     try:
         trio.run(daemon.run)
-    except LoadError as exc:
-        for d in exc.diagnostics:
-            log.error("%s", d.format())
-        return 2
-    except StartupError as exc:
-        log.error("%s", exc)
+    except (LoadError, StartupError, BaseExceptionGroup) as exc:
+        load, startup = _first(exc, LoadError), _first(exc, StartupError)
+        if load is not None:
+            for d in load.diagnostics:
+                (log.error if d.is_error else log.warning)("%s", d.format())
+        elif startup is not None:
+            log.error("%s", startup)
+        else:
+            raise
         return 2
     except KeyboardInterrupt:
         pass

@@ -1,0 +1,139 @@
+"""`herald run` as ops run it: a process that starts, stops on SIGTERM, fails fast on bad
+config, and survives SIGKILL at any moment without losing or repeating a message."""
+
+import json
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.daemon_helpers import ROOT, free_port, start_daemon, wait_http, write_project
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 10.0) -> tuple[int, str]:
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def test_make_run_config_starts_in_sandbox_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    text = (ROOT / "herald.yaml").read_text().replace("127.0.0.1:8780", f"127.0.0.1:{port}")
+    (tmp_path / "herald.yaml").write_text(text)
+    proc = start_daemon(tmp_path / "herald.yaml")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+        assert health["sandbox"] is True and health["rules"] >= 20
+        event = json.loads((ROOT / "examples" / "order-created.json").read_text())
+        assert httpx.post(f"http://127.0.0.1:{port}/events", json=event).status_code == 202
+        started = time.monotonic()
+        code, out = stop(proc)
+    finally:
+        proc.kill()
+    assert code == 0 and time.monotonic() - started < 5
+    assert "sandbox mode" in out.splitlines()[0]
+
+
+def test_bad_config_exits_2_with_a_located_line(tmp_path):
+    config = write_project(tmp_path, 'on order.created send sms to customer.phone text "x"\n', port=free_port(),
+                           site_extra="    send_window: 25:00-10:00\n")
+    proc = start_daemon(config)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 2
+    assert f"{config}:" in out and "send_window" in out
+
+
+def test_bad_rules_exit_2(tmp_path):
+    config = write_project(tmp_path, 'on order.created sned sms to customer.phone text "x"\n', port=free_port())
+    proc = start_daemon(config)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 2 and "rules/main.rules:1:18: error: unexpected `sned`" in out
+
+
+def test_taken_port_exits_2_with_one_clear_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_project(tmp_path, 'on order.created send sms to customer.phone text "x"\n', port=port)
+        proc = start_daemon(config)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in out
+
+
+def _post_until_accepted(url: str, event: dict, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            if httpx.post(url, json=event, timeout=2).status_code == 202:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"event {event['id']} never accepted")
+
+
+def test_sigkill_at_random_moments_never_loses_or_repeats_a_message(tmp_path):
+    """20 rounds of SIGKILL while 1,000 messages flow: each reaches the fake BSG exactly once."""
+    rounds, total = 20, 1000
+    rng = random.Random(20261127)
+    bsg_port, api_port = free_port(), free_port()
+    fake = subprocess.Popen([sys.executable, "-m", "engine.cli",
+                             "fake-bsg", "--port", str(bsg_port), "--delivery-delay", "0.2"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{bsg_port}/_fake/messages")
+        config = write_project(tmp_path, 'on order.created send sms to customer.phone text "Заказ #ORDER_ID#"\n',
+                               port=api_port, bsg_url=f"http://127.0.0.1:{bsg_port}")
+        events = [{"type": "order.created", "id": f"evt-{i}",
+                   "data": {"order": {"id": i}, "customer": {"phone": f"+7900{i:07d}"}}} for i in range(total)]
+        per_round = total // rounds
+        url = f"http://127.0.0.1:{api_port}/events"
+        for r in range(rounds):
+            proc = start_daemon(config)
+            try:
+                wait_http(f"http://127.0.0.1:{api_port}/health")
+                batch = events[r * per_round:(r + 1) * per_round]
+                kill_after = rng.uniform(0.05, 0.6)
+                started = time.monotonic()
+                for event in batch:
+                    _post_until_accepted(url, event, time.monotonic() + 30)
+                    if time.monotonic() - started > kill_after:
+                        break
+                proc.kill()                                   # SIGKILL: no chance to clean up
+                proc.wait(timeout=10)
+            finally:
+                proc.kill()
+        # a last, clean run: post everything (known ids are ignored) and let the queue drain
+        proc = start_daemon(config)
+        try:
+            wait_http(f"http://127.0.0.1:{api_port}/health")
+            for event in events:                          # whatever a round did not post
+                _post_until_accepted(url, event, time.monotonic() + 30)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                health = httpx.get(f"http://127.0.0.1:{api_port}/health").json()
+                if health["pending_events"] == 0 and health["queue_depth"] == 0 and health["deferred"] == 0:
+                    break
+                time.sleep(0.2)
+            code, _ = stop(proc)
+            assert code == 0
+        finally:
+            proc.kill()
+        sent = httpx.get(f"http://127.0.0.1:{bsg_port}/_fake/messages").json()["messages"]
+        by_phone = Counter(m["msisdn"] for m in sent)
+        by_reference = Counter(m["reference"] for m in sent)
+        assert len(by_phone) == total, f"{total - len(by_phone)} message(s) lost"
+        assert max(by_phone.values()) == 1, [p for p, n in by_phone.items() if n > 1][:5]
+        assert max(by_reference.values()) == 1
+    finally:
+        fake.kill()
