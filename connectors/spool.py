@@ -108,7 +108,7 @@ class SpoolConnector:
 
     async def run(self, ctx: ConnectorContext, *,
                   task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        self._cursor = _parse_cursor(await ctx.get_cursor(CURSOR_KEY))
+        await self.resume(ctx)
         task_status.started()
         while True:
             try:
@@ -117,6 +117,10 @@ class SpoolConnector:
                 log.exception("spool connector %s: scan failed", ctx.name)
                 ctx.down(f"scan failed: {type(exc).__name__}: {exc}")
             await trio.sleep(self.interval)
+
+    async def resume(self, ctx: ConnectorContext) -> None:
+        """Read back the last journaled file (name and SHA-1) after a restart."""
+        self._cursor = _parse_cursor(await ctx.get_cursor(CURSOR_KEY))
 
     async def scan(self, ctx: ConnectorContext) -> None:
         """Take every file of the folder once, in name order; report liveness."""

@@ -190,3 +190,34 @@ async def test_bsg_down_then_up_retries_and_sends_once(tmp_path, monkeypatch):
         sent = await wait_for(lambda: _messages(client, "sent") or _messages(client, "delivered"))
         assert sent[0]["attempts"] == 3
         assert len(fake.messages()) == 1
+
+
+async def test_reload_under_load_matches_every_event_exactly_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rules = 'rule "new" on order.created send sms to customer.phone text "v0 #ORDER_ID#"\n'
+    total = 600
+    async with running(tmp_path, rules, fake=FakeBSG(delivery_delay=5)) as (daemon, client, fake):
+        async def post_all():
+            for start in range(0, total, 10):
+                batch = [{"type": "order.created", "id": f"e{i}",
+                          "data": {"order": {"id": i}, "customer": {"phone": f"+7900{i:07d}"}}}
+                         for i in range(start, start + 10)]
+                assert (await client.post("/events", json=batch)).status_code == 202
+                await trio.sleep(0.005)
+
+        async def reload_20_times():
+            for n in range(1, 21):
+                (tmp_path / "rules" / "main.rules").write_text(rules.replace("v0", f"v{n}"))
+                response = await client.post("/reload")
+                assert response.status_code == 200
+                await trio.sleep(0.02)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(post_all)
+            nursery.start_soon(reload_20_times)
+        await wait_for(lambda: _async(daemon.store.stats()["pending_events"] == 0), 30)
+        rows = daemon.store._execute(
+            "SELECT event_id, COUNT(*) FROM outbox GROUP BY event_id").fetchall()
+        assert len(rows) == total and {count for _, count in rows} == {1}
+        versions = {r[0] for r in daemon.store._execute("SELECT DISTINCT rule_version FROM firings")}
+        assert len(versions) > 1                                    # the reloads really happened mid-stream

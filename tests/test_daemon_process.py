@@ -2,6 +2,7 @@
 config, and survives SIGKILL at any moment without losing or repeating a message."""
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -135,5 +136,48 @@ def test_sigkill_at_random_moments_never_loses_or_repeats_a_message(tmp_path):
         assert len(by_phone) == total, f"{total - len(by_phone)} message(s) lost"
         assert max(by_phone.values()) == 1, [p for p, n in by_phone.items() if n > 1][:5]
         assert max(by_reference.values()) == 1
+    finally:
+        fake.kill()
+
+
+def test_json_logs_and_no_secret_in_logs_traces_or_history(tmp_path):
+    bsg_port, api_port = free_port(), free_port()
+    fake = subprocess.Popen([sys.executable, "-m", "engine.cli", "fake-bsg", "--port", str(bsg_port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    secret_key, token = "live_S3CR3TKEY0123456789", "tok-S3CR3T-0987654321"
+    try:
+        wait_http(f"http://127.0.0.1:{bsg_port}/_fake/messages")
+        config = write_project(tmp_path, 'on order.created send sms to customer.phone text "hi"\n', port=api_port,
+                               extra=f"  tokens: [!env HERALD_TOKEN]\n")
+        text = config.read_text() + f"bsg:\n  url: http://127.0.0.1:{bsg_port}\n  api_key: !env BSG_API_KEY\n"
+        config.write_text(text)
+        env = {"BSG_API_KEY": secret_key, "HERALD_TOKEN": token}
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "-c", str(config), "--log-format", "json"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+        try:
+            wait_http(f"http://127.0.0.1:{api_port}/health")
+            auth = {"Authorization": f"Bearer {token}"}
+            event = {"type": "order.created", "data": {"order": {"id": 1}, "customer": {"phone": "+79001112233"}}}
+            assert httpx.post(f"http://127.0.0.1:{api_port}/events", json=event, headers=auth).status_code == 202
+            deadline = time.monotonic() + 10
+            while not httpx.get(f"http://127.0.0.1:{bsg_port}/_fake/messages").json()["messages"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            trace = httpx.get(f"http://127.0.0.1:{api_port}/messages/1", headers=auth).text
+            bad_reload = httpx.post(f"http://127.0.0.1:{api_port}/reload", headers={"Authorization": "Bearer x"})
+            assert bad_reload.status_code == 401
+            code, out = stop(proc)
+        finally:
+            proc.kill()
+        assert code == 0
+        records = [json.loads(line) for line in out.splitlines() if line.strip()]
+        assert {"time", "level", "logger", "message"} <= set(records[0])
+        history = subprocess.run([sys.executable, "-m", "engine.cli", "trace", "1", "-c", str(config)], cwd=tmp_path,
+                                 capture_output=True, text=True, env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
+        assert "POST /sms/create" in history.stdout
+        store_files = [p.read_bytes().decode("latin-1") for p in (tmp_path / "var").iterdir()]   # db and its WAL
+        for blob in (out, trace, history.stdout + history.stderr, *store_files):
+            assert secret_key not in blob and token not in blob
     finally:
         fake.kill()
