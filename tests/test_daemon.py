@@ -221,3 +221,41 @@ async def test_reload_under_load_matches_every_event_exactly_once(tmp_path, monk
         assert len(rows) == total and {count for _, count in rows} == {1}
         versions = {r[0] for r in daemon.store._execute("SELECT DISTINCT rule_version FROM firings")}
         assert len(versions) > 1                                    # the reloads really happened mid-stream
+
+
+class ManualClock:
+    """The daemon's idea of now, moved by the test (trio timeouts still run in real time)."""
+
+    def __init__(self, now):
+        self.current = now
+
+    def now(self):
+        return self.current
+
+
+async def test_deferred_message_goes_when_the_window_opens_on_a_virtual_clock(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+    msk = ZoneInfo("Europe/Moscow")
+    clock = ManualClock(datetime(2026, 11, 27, 23, 0, tzinfo=msk))
+    rules = 'on order.created send sms to customer.phone text "hi" between 09:00-21:00\n'
+    fake = FakeBSG(delivery_delay=0.1)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve, fake, "127.0.0.1", 0)
+        config = write_project(tmp_path, rules, port=free_port(), bsg_url=f"http://127.0.0.1:{port}")
+        daemon = Daemon(load_config(config), clock=clock)
+        url = await nursery.start(daemon.run)
+        async with httpx.AsyncClient(base_url=url) as client:
+            await client.post("/events", json={"type": "order.created", "time": clock.now().isoformat(),
+                                               "data": {"order": {"id": 1}, "customer": {"phone": "+79001112233"}}})
+            (deferred,) = await wait_for(lambda: _messages(client, "deferred"))
+            assert datetime.fromisoformat(deferred["send_at"]) == datetime(2026, 11, 28, 9, 0, tzinfo=msk)
+            clock.current = datetime(2026, 11, 28, 8, 59, tzinfo=msk)
+            daemon.dispatch_wake.set()
+            await trio.sleep(0.3)
+            assert fake.messages() == []                      # a minute early: still waiting
+            clock.current = datetime(2026, 11, 28, 9, 0, 1, tzinfo=msk)
+            daemon.dispatch_wake.set()
+            await wait_for(lambda: _async(len(fake.messages()) == 1))
+        nursery.cancel_scope.cancel()
