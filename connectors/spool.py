@@ -79,8 +79,7 @@ class SpoolConnector:
         elif not isinstance(reveal(raw_path), str) or not reveal(raw_path).strip():
             error(f"path: expected a folder path, got {_what(raw_path)}", "path", "e.g. path: spool")
         else:
-            path = Path(reveal(raw_path).strip()).expanduser()
-            self.path = path if path.is_absolute() else _base_dir(config) / path
+            self.path = config.path(reveal(raw_path).strip())
 
         self.interval = DEFAULT_INTERVAL
         raw_interval = config.options.get("interval", DEFAULT_INTERVAL)
@@ -212,17 +211,6 @@ class SpoolConnector:
 
 
 # ---------------------------------------------------------------------- helpers
-
-def _base_dir(config: ConnectorConfig) -> Path:
-    """The config file's folder, found through the entry's location (ConnectorConfig
-    carries no base dir); the working directory when there is no config file."""
-    loc = config.location
-    if loc is not None and loc.file and not loc.file.startswith("<"):
-        file = Path(loc.file)
-        if file.is_file():
-            return file.absolute().parent
-    return Path.cwd()
-
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):

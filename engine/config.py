@@ -201,6 +201,12 @@ class ConnectorConfig:
     options: dict[str, Any] = field(default_factory=dict)
     location: Location | None = None
     locations: Mapping[str, Location] = field(default_factory=dict)  # option → where
+    base_dir: Path | None = None       # the config file's folder: resolve relative paths against it
+
+    def path(self, value: str | os.PathLike[str]) -> Path:
+        """An option's path, relative to the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir or Path.cwd()) / p
 
 
 @dataclass(frozen=True, slots=True)
@@ -1025,7 +1031,7 @@ class _Reader:
                 options[name] = self.option(entry, bool(_SECRETISH.search(name)))
                 locations[name] = entry.loc
             if ctype:
-                out.append(ConnectorConfig(ctype, options, item.loc, locations))
+                out.append(ConnectorConfig(ctype, options, item.loc, locations, self.base_dir))
         return tuple(out)
 
     def option(self, v: _Val, secretish: bool) -> Any:

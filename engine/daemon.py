@@ -330,6 +330,9 @@ class Daemon:
                 raise StartupError(f"{entry.location}: unknown connector type {entry.type!r}; "
                                    f"available: {', '.join(connectors.available()) or 'none'}")
             name = str(entry.options.get("name") or f"{entry.type}{i + 1}")
+            if name in self.connectors:
+                raise StartupError(f"{entry.location}: two connectors are named {name!r}; "
+                                   "names keep their cursors apart, so each must be unique")
             connector = cls(entry)
             self.connectors[name] = ConnectorStatus(entry.type)
             await nursery.start(connector.run, Context(self, name))

@@ -37,7 +37,8 @@ class Context:
         self._set(True, detail or "ok")
 
     def down(self, detail: str) -> None:
-        if self._status().alive:
+        status = self._status()
+        if status.alive or status.detail != detail:
             log.warning("connector %s is down: %s", self.name, detail)
         self._set(False, detail)
 

@@ -87,6 +87,7 @@ def load_project(config: Config | str | Path | None = None, *, rules_path: Path 
         problems.append(Diagnostic(f"no .rules files under {where}", Location(where), "warning"))
     problems += list(templates.diagnostics)
     problems += check_rules(rules, config, templates)
+    problems += check_connectors(config)
     problems += list(config.warnings)
     errors = [d for d in problems if d.is_error] or ([d for d in problems] if strict else [])
     if errors:
@@ -95,6 +96,32 @@ def load_project(config: Config | str | Path | None = None, *, rules_path: Path 
 
 
 # ---- static checks ----------------------------------------------------------------------
+
+def check_connectors(config: Config) -> list[Diagnostic]:
+    """Each `connectors:` entry names a known type and its options validate."""
+    import connectors
+    from engine.errors import ConfigError
+
+    problems: list[Diagnostic] = []
+    names: dict[str, Location | None] = {}
+    for i, entry in enumerate(config.connectors):
+        cls = connectors.find(entry.type)
+        if cls is None:
+            known = connectors.available()
+            problems.append(Diagnostic(f"unknown connector type {entry.type!r}", entry.location, "error",
+                                       did_you_mean(entry.type, known) or f"available: {', '.join(known) or 'none'}"))
+            continue
+        name = str(entry.options.get("name") or f"{entry.type}{i + 1}")
+        if name in names:
+            problems.append(Diagnostic(f"two connectors are named {name!r} (first at {names[name]})", entry.location,
+                                       "error", "give each a unique `name:`; names keep their cursors apart"))
+        names[name] = entry.location
+        try:
+            cls(entry)
+        except ConfigError as exc:
+            problems.extend(exc.diagnostics)
+    return problems
+
 
 def trigger_types(rule: Rule) -> tuple[str, ...] | None:
     """The canonical event types a rule can fire on; None when open-ended (mail.*, custom)."""

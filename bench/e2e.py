@@ -1,0 +1,744 @@
+"""End-to-end benchmark: `POST /events` → `herald run` → the fake BSG in its own process.
+
+    .venv/bin/python bench/e2e.py [--seconds N] [--quick] [--profile DIR] [--sweep]
+
+Three processes on one machine: this script (the HTTP posters), `herald run` on a
+temporary project, and the fake BSG (this file again, with `--fake-server PORT`) wrapped
+in a tiny ASGI middleware that stamps every recipient of every `/sms/create` and
+`/viber/create` request with `time.time()` on arrival and serves the list at
+`GET /_bench/receipts`. Wall clock on both sides, one machine: comparable timestamps.
+
+Each event is `order.created` with a unique phone `+7900NNNNNNN`; the one rule
+`on order.created send sms to customer.phone text "Заказ #ORDER_ID#"` gives one SMS per
+event, so a receipt maps back to its event.
+
+  phase 1  throughput: C concurrent posters, B events per POST, for --seconds; then wait
+           until the fake has every message. Events/s accepted by the API, messages/s at
+           the fake per time slice, drain time, lost / duplicated messages.
+  phase 2  latency: a fresh daemon and fake; events posted on a fixed schedule at
+           --latency-rate events/s for --seconds/3; latency = fake receipt − post time.
+
+Prints figures; never asserts a time (the VM is noisy, ±35%: shared/spec/PERF-FACTS.md).
+Exit code 1 only when messages were lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import trio  # noqa: E402
+
+TARGET_RATE = 2_000          # events/s sustained, end to end
+TARGET_P99 = 0.050           # s, at TARGET_LATENCY_RATE
+TARGET_LATENCY_RATE = 500    # events/s
+
+RULE = 'on order.created send sms to customer.phone text "Заказ #ORDER_ID#"\n'
+LATENCY_BASE = 9_000_000     # phase 2 numbers start here (phase 1 counts up from 0)
+
+
+# =========================================================================== the fake BSG child
+
+def fake_server(port: int, delivery_delay: float) -> int:
+    """`--fake-server PORT`: the fake BSG plus receipt stamping, until SIGTERM."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    from engine.fakebsg import FakeBSG, create_app
+
+    # a balance that never runs out (the default 100 covers 5,000 SMS, then error 8)
+    fake = FakeBSG(delivery_delay=delivery_delay, balance="1000000000")
+    app = create_app(fake)
+    receipts: list[list] = []                 # [msisdn, time.time() of arrival], accepted ones only
+    requests: Counter = Counter()
+
+    def msisdns(node, out: list) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "msisdn" and isinstance(value, str):
+                    out.append(value)
+                else:
+                    msisdns(value, out)
+        elif isinstance(node, list):
+            for value in node:
+                msisdns(value, out)
+
+    async def reply(send, obj) -> None:
+        body = json.dumps(obj, separators=(",", ":")).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def recorder(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        path = scope["path"]
+        if path == "/_bench/receipts":
+            qs = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p)
+            since = int(qs.get("since", 0))
+            return await reply(send, {"total": len(receipts), "receipts": receipts[since:],
+                                      "accepted": len(fake._messages), "requests": dict(requests)})
+        if path == "/_bench/health":
+            return await reply(send, {"ok": True})
+        if path.startswith("/_fake/"):
+            return await app(scope, receive, send)
+        arrived = time.time()
+        if path in ("/sms/create", "/viber/create"):
+            requests["send"] += 1
+            chunks, more = [], True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            found: list[str] = []
+            try:
+                msisdns(json.loads(body), found)
+            except ValueError:
+                pass
+            replayed = False
+            answer = bytearray()
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            async def capture(message):
+                if message["type"] == "http.response.body":
+                    answer.extend(message.get("body", b""))
+                await send(message)
+
+            await app(scope, replay, capture)
+            # keep only the recipients the fake accepted (error 0): results are in request order
+            try:
+                data = json.loads(answer)
+            except ValueError:
+                data = None
+            results = data.get("result") if isinstance(data, dict) else None
+            if isinstance(results, dict):
+                results = [results]
+            if not isinstance(results, list):
+                results = [data] if isinstance(data, dict) and "id" in data else []
+            ok = [m for m, r in zip(found, results)
+                  if isinstance(r, dict) and str(r.get("error", 0)) == "0"] if len(results) == len(found) else []
+            receipts.extend([m, arrived] for m in ok)
+            rejected = len(found) - len(ok)
+            if rejected:
+                requests["rejected"] += rejected
+            return
+        requests["status" if "/reference/" in path else "other"] += 1
+        await app(scope, receive, send)
+
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.loglevel = "WARNING"
+    config.accesslog = None
+    config.graceful_timeout = 1.0
+
+    async def run() -> None:
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: hypercorn_serve(
+                recorder, config, shutdown_trigger=shutdown.wait, mode="asgi", task_status=task_status))
+            print(f"fake BSG (bench) on 127.0.0.1:{port}", flush=True)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(run)
+    return 0
+
+
+# =========================================================================== processes
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode} before answering")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def write_project(root: Path, api_port: int, bsg_port: int) -> Path:
+    (root / "rules").mkdir(parents=True, exist_ok=True)
+    (root / "rules" / "main.rules").write_text(RULE, encoding="utf-8")
+    (root / "rules" / "templates.yaml").write_text('unused: "x"\n', encoding="utf-8")
+    config = f"""
+store: var/herald.db
+bsg:
+  url: http://127.0.0.1:{bsg_port}
+  api_key: bench_key
+  rate: 1000
+sites:
+  s1:
+    name: Shop
+    timezone: Europe/Moscow
+    channel: sms
+    send_window: "00:00-24:00"
+http:
+  listen: 127.0.0.1:{api_port}
+  max_body: 16 MiB
+"""
+    path = root / "herald.yaml"
+    path.write_text(config, encoding="utf-8")
+    return path
+
+
+@dataclass
+class Stack:
+    """A fake BSG child and a `herald run` child on a fresh temporary project."""
+
+    delivery_delay: float
+    profile_dir: Path | None = None
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="herald-e2e-")))
+    fake: subprocess.Popen | None = None
+    daemon: subprocess.Popen | None = None
+    spy: subprocess.Popen | None = None
+    api: str = ""
+    bsg: str = ""
+
+    def start(self) -> "Stack":
+        bsg_port, api_port = free_port(), free_port()
+        self.bsg, self.api = f"http://127.0.0.1:{bsg_port}", f"http://127.0.0.1:{api_port}"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.fake = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--fake-server", str(bsg_port),
+             "--delivery-delay", str(self.delivery_delay)],
+            cwd=ROOT, env=env, stdout=open(self.tmp / "fake.log", "w"), stderr=subprocess.STDOUT)
+        wait_http(f"{self.bsg}/_bench/health", self.fake)
+        config = write_project(self.tmp, api_port, bsg_port)
+        self.daemon = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "-c", str(config)],
+                                       cwd=self.tmp, env=env, stdout=open(self.tmp / "daemon.log", "w"),
+                                       stderr=subprocess.STDOUT)
+        wait_http(f"{self.api}/health", self.daemon)
+        return self
+
+    def profile(self, name: str, seconds: float) -> Path | None:
+        """Sample the daemon with py-spy (all threads, collapsed stacks) for `seconds`."""
+        if self.profile_dir is None:
+            return None
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(spy).exists():
+            print("  (py-spy not found: no profile)")
+            return None
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        out = self.profile_dir / f"{name}.txt"
+        self.spy = subprocess.Popen([spy, "record", "--pid", str(self.daemon.pid), "--duration",
+                                     str(max(int(seconds), 1)), "--rate", "200", "--format", "raw",
+                                     "--threads", "--nonblocking", "-o", str(out)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return out
+
+    def stop(self) -> None:
+        if self.spy is not None and self.spy.poll() is None:
+            try:
+                self.spy.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                stop_process(self.spy)
+        for proc in (self.daemon, self.fake):
+            try:
+                stop_process(proc)
+            except Exception:  # keep cleaning up
+                if proc is not None:
+                    proc.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def daemon_log_tail(self, n: int = 15) -> str:
+        try:
+            return "\n".join((self.tmp / "daemon.log").read_text().splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@contextmanager
+def stack(delivery_delay: float, profile_dir: Path | None = None):
+    s = Stack(delivery_delay, profile_dir)
+    try:
+        yield s.start()
+    except BaseException:
+        tail = s.daemon_log_tail()
+        if tail:
+            print("--- daemon log (tail) ---\n" + tail, file=sys.stderr)
+        raise
+    finally:
+        s.stop()
+
+
+# =========================================================================== helpers
+
+def event(n: int) -> dict:
+    return {"type": "order.created", "id": f"e2e-{n}",
+            "data": {"order": {"id": n}, "customer": {"phone": f"+7900{n:07d}"}}}
+
+
+def number(msisdn: str) -> int:
+    return int(msisdn[4:])        # "7900NNNNNNN" → NNNNNNN
+
+
+def pct(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return math.nan
+    k = min(len(sorted_values) - 1, max(0, math.ceil(p / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def ms(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x * 1000:,.1f} ms"
+
+
+class Receipts:
+    """Fetches the fake's receipts incrementally."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.items: list[tuple[int, float]] = []
+        self.accepted = 0
+        self.requests: dict = {}
+
+    async def fetch(self, client: httpx.AsyncClient) -> int:
+        r = await client.get(f"{self.base}/_bench/receipts", params={"since": len(self.items)}, timeout=60)
+        data = r.json()
+        self.items.extend((number(m), t) for m, t in data["receipts"])
+        self.accepted, self.requests = data["accepted"], data["requests"]
+        return len(self.items)
+
+
+async def wait_drain(client: httpx.AsyncClient, receipts: Receipts, expected: set[int],
+                     stall: float = 30.0) -> bool:
+    """Until every expected number has a receipt, or nothing new arrives for `stall` s."""
+    seen: set[int] = {n for n, _ in receipts.items}
+    last_progress, last_count = time.monotonic(), len(receipts.items)
+    while not expected <= seen:
+        await trio.sleep(0.5)
+        before = len(receipts.items)
+        await receipts.fetch(client)
+        seen.update(n for n, _ in receipts.items[before:])
+        if len(receipts.items) != last_count:
+            last_progress, last_count = time.monotonic(), len(receipts.items)
+        elif time.monotonic() - last_progress > stall:
+            return False
+    return True
+
+
+def check_exactly_once(posted: set[int], receipts: Receipts, label: str) -> tuple[int, int, int]:
+    counts = Counter(n for n, _ in receipts.items)
+    lost = len(posted - counts.keys())
+    dup = sum(1 for n, c in counts.items() if c > 1)
+    extra = len(counts.keys() - posted)
+    if lost or dup:
+        print(f"\n!!!!!!!! {label}: {lost} message(s) LOST, {dup} DUPLICATED !!!!!!!!\n")
+    if extra:
+        print(f"  note: {extra} message(s) for events whose POST got no 202 (committed anyway)")
+    rejected = receipts.requests.get("rejected", 0)
+    if rejected:
+        print(f"\n!!!!!!!! {label}: the fake REJECTED {rejected} recipient(s) (not counted as received) !!!!!!!!\n")
+    if receipts.accepted != len(counts):
+        print(f"  note: the fake holds {receipts.accepted:,} message(s), receipts name {len(counts):,}")
+    return lost, dup, extra
+
+
+async def health(client: httpx.AsyncClient, api: str) -> dict:
+    try:
+        return (await client.get(f"{api}/health", timeout=30)).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+# =========================================================================== phase 1: throughput
+
+@dataclass
+class Throughput:
+    batch: int
+    concurrency: int
+    seconds: float
+    posted: int = 0
+    api_rate: float = 0.0
+    e2e_rate: float = 0.0
+    window_rate: float = 0.0
+    steady_rate: float = 0.0
+    drain: float = math.nan
+    lost: int = 0
+    dup: int = 0
+    complete: bool = False
+    post_p50: float = math.nan
+    post_p99: float = math.nan
+    e2e_p50: float = math.nan
+    e2e_p99: float = math.nan
+    slices: list = field(default_factory=list)
+    status_requests: int = 0
+    send_requests: int = 0
+
+
+async def throughput(s: Stack, batch: int, concurrency: int, seconds: float, slice_s: float,
+                     profile: bool) -> Throughput:
+    res = Throughput(batch, concurrency, seconds)
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    next_n = 0
+    posted_at: dict[int, float] = {}          # event number → time.time() the POST was sent
+    accepted: list[tuple[float, int]] = []    # (time.time() of the 202, events)
+    post_times: list[float] = []
+    errors: Counter = Counter()
+    url = f"{s.api}/events"
+    headers = {"content-type": "application/json"}
+    receipts = Receipts(s.bsg)
+
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        async def poster(stop_at: float) -> None:
+            nonlocal next_n
+            while trio.current_time() < stop_at:
+                first = next_n
+                next_n += batch
+                body = json.dumps([event(n) for n in range(first, first + batch)],
+                                  separators=(",", ":")).encode()
+                t0 = time.time()
+                try:
+                    r = await client.post(url, content=body, headers=headers)
+                    code = r.status_code
+                except httpx.HTTPError as exc:
+                    code = type(exc).__name__
+                t1 = time.time()
+                if code == 202:
+                    for n in range(first, first + batch):
+                        posted_at[n] = t0
+                    accepted.append((t1, batch))
+                    post_times.append(t1 - t0)
+                else:
+                    errors[code] += 1
+
+        if profile:
+            s.profile(f"phase1-b{batch}-c{concurrency}", seconds)
+        start = time.time()
+        stop_at = trio.current_time() + seconds
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(poster, stop_at)
+            while trio.current_time() < stop_at:      # fetch along the way: smaller final fetch
+                await trio.sleep(min(2.0, max(stop_at - trio.current_time(), 0)))
+                await receipts.fetch(client)
+        end = time.time()
+        res.complete = await wait_drain(client, receipts, set(posted_at))
+        h = await health(client, s.api)
+
+    res.posted = len(posted_at)
+    res.api_rate = res.posted / (end - start)
+    times = sorted(t for _, t in receipts.items)
+    if errors:
+        print(f"  POST errors: {dict(errors)}")
+    if times:
+        last = times[-1]
+        res.e2e_rate = len(times) / (last - start)
+        in_window = sum(1 for t in times if t <= end)
+        res.window_rate = in_window / (end - start)
+        res.drain = max(last - end, 0.0)
+    res.lost, res.dup, _ = check_exactly_once(set(posted_at), receipts, f"phase 1 (batch {batch})")
+    post_times.sort()
+    res.post_p50, res.post_p99 = pct(post_times, 50), pct(post_times, 99)
+    lat = sorted(t - posted_at[n] for n, t in receipts.items if n in posted_at)
+    res.e2e_p50, res.e2e_p99 = pct(lat, 50), pct(lat, 99)
+    res.send_requests = receipts.requests.get("send", 0)
+    res.status_requests = receipts.requests.get("status", 0)
+
+    # per-slice rates from the start of posting to the last receipt
+    span = (times[-1] if times else end) - start
+    nslices = max(1, math.ceil(span / slice_s))
+    api_by = defaultdict(int)
+    for t, k in accepted:
+        api_by[min(int((t - start) // slice_s), nslices - 1)] += k
+    fake_by = defaultdict(int)
+    for t in times:
+        fake_by[min(int((t - start) // slice_s), nslices - 1)] += 1
+    for i in range(nslices):
+        width = min(slice_s, span - i * slice_s) if i == nslices - 1 else slice_s
+        width = max(width, 1e-9)
+        res.slices.append((i * slice_s, i * slice_s + width, api_by[i] / width, fake_by[i] / width))
+    # "steady": the median of the full slices while posting, after the first one (warm-up)
+    full = [f for (a, b, _, f) in res.slices if b <= seconds + 1e-6 and a > 0]
+    if full:
+        res.steady_rate = sorted(full)[len(full) // 2]
+
+    print(f"  batch {batch} × {concurrency} posters, {seconds:g} s: {res.posted:,} events accepted "
+          f"({res.api_rate:,.0f}/s, POST p50 {ms(res.post_p50)}, p99 {ms(res.post_p99)})")
+    print(f"  fake received {len(times):,} messages in {res.send_requests:,} send request(s); "
+          f"{res.status_requests:,} status look-up(s) meanwhile")
+    print(f"  end to end: {res.e2e_rate:,.0f} messages/s (start of posting → last receipt); "
+          f"{res.window_rate:,.0f}/s while posting; drain after posting stopped {res.drain:.1f} s"
+          + ("" if res.complete else "  [DRAIN INCOMPLETE: gave up after 30 s without progress]"))
+    print(f"  event → fake receipt under this load: p50 {ms(res.e2e_p50)}, p99 {ms(res.e2e_p99)} "
+          "(includes queueing behind the backlog)")
+    print(f"  {'slice':>13}  {'API events/s':>12}  {'fake msgs/s':>11}")
+    for a, b, api, fk in res.slices:
+        print(f"  {a:5.0f}–{b:5.0f} s  {api:12,.0f}  {fk:11,.0f}")
+    if h:
+        print(f"  daemon at the end: queue_depth {h.get('queue_depth')}, pending_events "
+              f"{h.get('pending_events')}, messages {h.get('messages')}")
+    return res
+
+
+# =========================================================================== phase 2: latency
+
+@dataclass
+class Latency:
+    rate: float
+    batch: int
+    seconds: float
+    scheduled: int = 0
+    posted: int = 0
+    achieved: float = 0.0
+    p50: float = math.nan
+    p90: float = math.nan
+    p99: float = math.nan
+    max: float = math.nan
+    api_p50: float = math.nan
+    api_p99: float = math.nan
+    late_starts: int = 0
+    lost: int = 0
+    dup: int = 0
+
+
+async def latency(s: Stack, rate: float, batch: int, seconds: float, profile: bool) -> Latency:
+    res = Latency(rate, batch, seconds)
+    interval = batch / rate
+    ticks = int(seconds / interval)
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    url = f"{s.api}/events"
+    headers = {"content-type": "application/json"}
+    posted_at: dict[int, float] = {}
+    api_times: list[float] = []
+    errors: Counter = Counter()
+    receipts = Receipts(s.bsg)
+    in_flight = trio.Semaphore(256)
+
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        async def post(first: int) -> None:
+            body = json.dumps([event(n) for n in range(first, first + batch)] if batch > 1 else event(first),
+                              separators=(",", ":")).encode()
+            t0 = time.time()
+            try:
+                r = await client.post(url, content=body, headers=headers)
+                code = r.status_code
+            except httpx.HTTPError as exc:
+                code = type(exc).__name__
+            finally:
+                in_flight.release()
+            if code == 202:
+                for n in range(first, first + batch):
+                    posted_at[n] = t0
+                api_times.append(time.time() - t0)
+            else:
+                errors[code] += 1
+
+        if profile:
+            s.profile(f"phase2-r{rate:g}-b{batch}", seconds)
+        t_start = trio.current_time() + 0.05
+        wall_start = time.time() + 0.05
+        async with trio.open_nursery() as nursery:
+            for k in range(ticks):
+                due = t_start + k * interval
+                await trio.sleep_until(due)
+                if trio.current_time() - due > interval:
+                    res.late_starts += 1
+                await in_flight.acquire()
+                nursery.start_soon(post, LATENCY_BASE + k * batch)
+        wall_end = time.time()
+        await wait_drain(client, receipts, set(posted_at))
+
+    res.scheduled = ticks * batch
+    res.posted = len(posted_at)
+    res.achieved = res.posted / (wall_end - wall_start)
+    lat = sorted(t - posted_at[n] for n, t in receipts.items if n in posted_at)
+    res.p50, res.p90, res.p99 = pct(lat, 50), pct(lat, 90), pct(lat, 99)
+    res.max = lat[-1] if lat else math.nan
+    api_times.sort()
+    res.api_p50, res.api_p99 = pct(api_times, 50), pct(api_times, 99)
+    res.lost, res.dup, _ = check_exactly_once(set(posted_at), receipts, f"phase 2 (batch {batch})")
+    if errors:
+        print(f"  POST errors: {dict(errors)}")
+    print(f"  {rate:g} events/s as {batch} event(s) every {interval * 1000:.1f} ms for {seconds:g} s: "
+          f"{res.posted:,}/{res.scheduled:,} accepted, achieved {res.achieved:,.0f} events/s"
+          + (f", {res.late_starts} tick(s) started > 1 interval late" if res.late_starts else ""))
+    print(f"  post → fake receipt: p50 {ms(res.p50)}  p90 {ms(res.p90)}  p99 {ms(res.p99)}  "
+          f"max {ms(res.max)}   (post → 202: p50 {ms(res.api_p50)}, p99 {ms(res.api_p99)})")
+    # latency per second of the run, to see drift
+    by_sec = defaultdict(list)
+    for n, t in receipts.items:
+        if n in posted_at:
+            by_sec[int(posted_at[n] - wall_start)].append(t - posted_at[n])
+    worst = sorted(((pct(sorted(v), 99), sec) for sec, v in by_sec.items()), reverse=True)[:3]
+    if worst:
+        print("  worst seconds by p99: " + ", ".join(f"t={sec}s {ms(p)}" for p, sec in worst))
+    return res
+
+
+# =========================================================================== profile summary
+
+def summarize_profile(path: Path, top: int = 18) -> None:
+    """Collapsed stacks (py-spy --format raw) → the busiest functions, inclusive and self."""
+    if not path or not path.exists():
+        return
+    inclusive: Counter = Counter()
+    own: Counter = Counter()
+    threads: Counter = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack_text, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        k = int(count)
+        frames = stack_text.split(";")
+        total += k
+        threads[frames[0].split(" ")[0] if frames else "?"] += k
+        seen = set()
+        for f in frames[1:]:
+            name = f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].replace(str(ROOT) + "/", "") + ")" \
+                if " (" in f else f
+            if name not in seen:
+                inclusive[name] += k
+                seen.add(name)
+        if len(frames) > 1:
+            f = frames[-1]
+            own[f.split(" (")[0] + (" (" + f.split(" (")[1].split(":")[0].replace(str(ROOT) + "/", "") + ")"
+                                    if " (" in f else "")] += k
+    if not total:
+        return
+    print(f"\n  profile {path.name}: {total:,} samples (all threads, idle excluded)")
+    print("  busiest functions, inclusive:")
+    for name, k in inclusive.most_common(top):
+        print(f"    {100 * k / total:5.1f}%  {name}")
+    print("  self time:")
+    for name, k in own.most_common(10):
+        print(f"    {100 * k / total:5.1f}%  {name}")
+
+
+# =========================================================================== main
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=60, help="phase 1 length (phase 2: a third); default 60")
+    p.add_argument("--quick", action="store_true", help="≈ 10 s phases: a smoke test, not for figures")
+    p.add_argument("--batch", type=int, default=50, help="events per POST in phase 1 (default 50)")
+    p.add_argument("--concurrency", type=int, default=4, help="concurrent posters in phase 1 (default 4)")
+    p.add_argument("--sweep", action="store_true",
+                   help="phase 1 also at batch 1, 10, 200 and with 1 / 16 posters (each on a fresh stack)")
+    p.add_argument("--latency-rate", type=float, default=TARGET_LATENCY_RATE)
+    p.add_argument("--latency-batch", type=int, default=1, help="events per POST in phase 2 (default 1)")
+    p.add_argument("--delivery-delay", type=float, default=0.2, help="fake BSG delivery delay (default 0.2)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="sample the daemon with py-spy during each phase; collapsed stacks go to DIR")
+    p.add_argument("--skip", choices=("1", "2"), help="skip a phase")
+    p.add_argument("--fake-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.fake_server is not None:
+        return fake_server(args.fake_server, args.delivery_delay)
+
+    seconds = 10.0 if args.quick else args.seconds
+    lat_seconds = 10.0 if args.quick else max(args.seconds / 3, 10.0)
+    slice_s = 2.0 if args.quick else 10.0
+    print(f"Herald end to end — {datetime.now().isoformat(timespec='seconds')}, {platform.node()}, "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}\n")
+
+    failed = False
+    t1: Throughput | None = None
+    runs: list[Throughput] = []
+    if args.skip != "1":
+        combos = [(args.batch, args.concurrency)]
+        if args.sweep:
+            combos += [(1, args.concurrency), (10, args.concurrency), (200, args.concurrency),
+                       (args.batch, 1), (args.batch, 16)]
+        for batch, conc in combos:
+            print(f"== phase 1: throughput (batch {batch}, {conc} posters, {seconds:g} s) ==")
+            with stack(args.delivery_delay, args.profile) as s:
+                r = trio.run(throughput, s, batch, conc, seconds, slice_s, args.profile is not None)
+            runs.append(r)
+            failed |= bool(r.lost or r.dup)
+            if args.profile:
+                summarize_profile(args.profile / f"phase1-b{batch}-c{conc}.txt")
+            print()
+        t1 = runs[0]
+        if len(runs) > 1:
+            print("  sweep: batch × posters → API events/s, end-to-end msgs/s, drain s")
+            for r in runs:
+                print(f"    {r.batch:4d} × {r.concurrency:2d} → {r.api_rate:7,.0f}  {r.e2e_rate:7,.0f}  {r.drain:6.1f}")
+            print()
+
+    t2: Latency | None = None
+    if args.skip != "2":
+        print(f"== phase 2: latency at {args.latency_rate:g} events/s ({lat_seconds:g} s, fresh daemon) ==")
+        with stack(args.delivery_delay, args.profile) as s:
+            t2 = trio.run(latency, s, args.latency_rate, args.latency_batch, lat_seconds,
+                          args.profile is not None)
+        failed |= bool(t2.lost or t2.dup)
+        if args.profile:
+            summarize_profile(args.profile / f"phase2-r{args.latency_rate:g}-b{args.latency_batch}.txt")
+        print()
+
+    print("== targets ==")
+    print(f"  {'target':<44} {'measured':>22}  verdict")
+    if t1 is not None:
+        ok = t1.e2e_rate >= TARGET_RATE and t1.complete and not (t1.lost or t1.dup)
+        print(f"  {'≥ 2,000 events/s sustained, end to end':<44} {t1.e2e_rate:>14,.0f} msgs/s  "
+              f"{'met' if ok else 'NOT met'}")
+        print(f"  {'  (informative) API intake':<44} {t1.api_rate:>14,.0f} evts/s  "
+              f"{'met' if t1.api_rate >= TARGET_RATE else 'NOT met'}")
+        print(f"  {'  (informative) median 10 s slice at the fake':<44} {t1.steady_rate:>14,.0f} msgs/s  "
+              f"{'met' if t1.steady_rate >= TARGET_RATE else 'NOT met'}")
+    if t2 is not None:
+        ok = t2.p99 < TARGET_P99 and t2.achieved >= 0.95 * args.latency_rate and not (t2.lost or t2.dup)
+        print(f"  {'p99 < 50 ms at 500 events/s':<44} {ms(t2.p99):>22}  {'met' if ok else 'NOT met'}"
+              f"  (achieved {t2.achieved:,.0f} events/s)")
+    if failed:
+        print("\n!!!!!!!! messages were lost or duplicated: these figures are worthless !!!!!!!!")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
