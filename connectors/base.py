@@ -25,9 +25,14 @@ class ConnectorContext(Protocol):
     name: str                                  # unique per connector entry, for cursors and /health
 
     async def emit(self, events: Sequence[Mapping[str, Any]], *,
-                   cursor: tuple[str, str] | None = None) -> list[str]:
-        """Validate and journal events (RULES.md shape); returns their ids once committed.
-        A bad event raises engine.errors.EventError with a JSON pointer; none are kept."""
+                   cursor: tuple[str, str] | None = None,
+                   snapshots: Sequence[tuple[str, str, Mapping | None]] = ()) -> list[str]:
+        """Validate and journal events (RULES.md shape) with the cursor and row snapshots
+        ((source, key, data), None deletes) in one transaction; returns the ids that were
+        new once committed. A bad event raises EventError with a JSON pointer; none are kept."""
+
+    async def get_snapshots(self, source: str, keys: Sequence[str]) -> dict[str, dict]:
+        """The last stored snapshot of each row key (for rows that change in place)."""
 
     async def get_cursor(self, key: str) -> str | None: ...
 

@@ -191,9 +191,10 @@ class Daemon:
                             pointer=f"/{i}" if prefix else "") for i, obj in enumerate(items)]
 
     async def accept(self, events: Sequence[Event], source: str,
-                     cursor: tuple[str, str, str] | None = None) -> list[tuple[str, bool]]:
+                     cursor: tuple[str, str, str] | None = None,
+                     snapshots: Sequence[tuple[str, str, str, Mapping | None]] = ()) -> list[tuple[str, bool]]:
         """Journal events (committed before this returns) and wake the processor."""
-        result = await self.db(self.store.add_events, events, source, cursor)
+        result = await self.db(self.store.add_events, events, source, cursor, snapshots)
         self.events_wake.set()
         return result
 

@@ -18,14 +18,22 @@ class Context:
         self.log = logging.getLogger(f"herald.connectors.{name}")
 
     async def emit(self, events: Sequence[Mapping[str, Any]], *,
-                   cursor: tuple[str, str] | None = None) -> list[str]:
+                   cursor: tuple[str, str] | None = None,
+                   snapshots: Sequence[tuple[str, str, Mapping | None]] = ()) -> list[str]:
+        """Journal events with the cursor and row snapshots ((source, key, data or None))
+        in one transaction. Returns the ids of the events that were new."""
         parsed = self._daemon.parse_events(list(events)) if events else []
         full_cursor = (self.name, cursor[0], cursor[1]) if cursor else None
-        if not parsed and full_cursor is None:
+        full_snapshots = [(self.name, src, key, data) for src, key, data in snapshots]
+        if not parsed and full_cursor is None and not full_snapshots:
             return []
-        accepted = await self._daemon.accept(parsed, self.name, full_cursor)
+        accepted = await self._daemon.accept(parsed, self.name, full_cursor, full_snapshots)
         self.alive()
-        return [event_id for event_id, _ in accepted]
+        return [event_id for event_id, new in accepted if new]
+
+    async def get_snapshots(self, source: str, keys: Sequence[str]) -> dict[str, dict]:
+        """The stored snapshots of these row keys (for sources whose rows change in place)."""
+        return await self._daemon.db(self._daemon.store.get_snapshots, self.name, source, list(keys))
 
     async def get_cursor(self, key: str) -> str | None:
         return await self._daemon.db(self._daemon.store.get_cursor, self.name, key)

@@ -119,6 +119,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE TABLE cursors (connector TEXT NOT NULL, key TEXT NOT NULL, value TEXT,
                               updated_at REAL NOT NULL, PRIMARY KEY (connector, key));
     """),
+    ("0005_snapshots", """
+        CREATE TABLE snapshots (connector TEXT NOT NULL, source TEXT NOT NULL, key TEXT NOT NULL,
+                                data TEXT NOT NULL, updated_at REAL NOT NULL,
+                                PRIMARY KEY (connector, source, key));
+    """),
 ]
 
 
@@ -216,9 +221,11 @@ class Store:
 
     # ---- the event journal ----
     def add_events(self, events: Iterable[Event], source: str,
-                   cursor: tuple[str, str, str] | None = None) -> list[tuple[str, bool]]:
-        """Journal events (and a connector's cursor, atomically). Returns (id, is_new);
-        an id already journaled is kept as it was: the same id never fires twice."""
+                   cursor: tuple[str, str, str] | None = None,
+                   snapshots: Iterable[tuple[str, str, str, Mapping | None]] = ()) -> list[tuple[str, bool]]:
+        """Journal events, with a connector's cursor and row snapshots, atomically.
+        Returns (id, is_new); an id already journaled is kept as it was: the same id
+        never fires twice. A snapshot of None deletes it."""
         out = []
         now = _now()
         with self.transaction():
@@ -231,6 +238,28 @@ class Store:
                 out.append((e.id, cur.rowcount == 1))
             if cursor is not None:
                 self.set_cursor(*cursor)
+            for connector, src, key, data in snapshots:
+                if data is None:
+                    self._execute("DELETE FROM snapshots WHERE connector = ? AND source = ? AND key = ?",
+                                  (connector, src, key))
+                else:
+                    self._execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?) ON CONFLICT(connector, source, key) "
+                                  "DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+                                  (connector, src, key, _json(data), now))
+        return out
+
+    def get_snapshots(self, connector: str, source: str, keys: Iterable[str]) -> dict[str, dict]:
+        """The last snapshot of each row key that has one."""
+        keys = list(keys)
+        out: dict[str, dict] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, data in self._execute(
+                        f"SELECT key, data FROM snapshots WHERE connector = ? AND source = ? AND key IN ({marks})",
+                        (connector, source, *chunk)):
+                    out[key] = json.loads(data)
         return out
 
     def pending_events(self, limit: int = 200) -> list[Event]:
