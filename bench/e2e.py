@@ -58,15 +58,48 @@ LATENCY_BASE = 9_000_000     # phase 2 numbers start here (phase 1 counts up fro
 
 # =========================================================================== the fake BSG child
 
-def fake_server(port: int, delivery_delay: float) -> int:
+def fake_server(port: int, delivery_delay: float, stock: bool = False) -> int:
     """`--fake-server PORT`: the fake BSG plus receipt stamping, until SIGTERM."""
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
-    from engine.fakebsg import FakeBSG, create_app
+    from engine.fakebsg import FALLBACK_ON, FakeBSG, analyze, create_app
+
+    class BenchFake(FakeBSG):
+        """FakeBSG whose `advance()` looks only at Viber messages that may still need their
+        alt-route SMS. The stock one walks every message ever accepted on every API call, so
+        after ~100k messages the fake, not Herald, is the bottleneck (`--stock-fake` shows it)."""
+
+        def reset(self) -> None:
+            super().reset()
+            self._fallbacks: list = []
+
+        def _add(self, channel, *args, **kw):
+            m = super()._add(channel, *args, **kw)
+            if channel == "viber" and m.alt_route and m.outcome in FALLBACK_ON:
+                self._fallbacks.append(m)
+            return m
+
+        def advance(self) -> None:
+            if not self._fallbacks:
+                return
+            now, waiting = self.now(), []
+            for m in self._fallbacks:
+                if m.fallback_id is not None:
+                    continue
+                if now - m.created < self.delivery_delay:
+                    waiting.append(m)
+                    continue
+                text = m.alt_route["text"]
+                parts = max(1, analyze(text).parts)
+                sms = self._add("sms", m.msisdn, None, m.alt_route["originator"], text,
+                                self.sms_price * parts, created=m.created + self.delivery_delay, parts=parts)
+                sms.fallback_for = m.id
+                m.fallback_id = sms.id
+            self._fallbacks = waiting
 
     # a balance that never runs out (the default 100 covers 5,000 SMS, then error 8)
-    fake = FakeBSG(delivery_delay=delivery_delay, balance="1000000000")
+    fake = (FakeBSG if stock else BenchFake)(delivery_delay=delivery_delay, balance="1000000000")
     app = create_app(fake)
     receipts: list[list] = []                 # [msisdn, time.time() of arrival], accepted ones only
     requests: Counter = Counter()
@@ -239,6 +272,8 @@ class Stack:
 
     delivery_delay: float
     profile_dir: Path | None = None
+    stock_fake: bool = False
+    no_polls: bool = False
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="herald-e2e-")))
     fake: subprocess.Popen | None = None
     daemon: subprocess.Popen | None = None
@@ -252,11 +287,16 @@ class Stack:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.fake = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--fake-server", str(bsg_port),
-             "--delivery-delay", str(self.delivery_delay)],
+             "--delivery-delay", str(self.delivery_delay), *(["--stock-fake"] if self.stock_fake else [])],
             cwd=ROOT, env=env, stdout=open(self.tmp / "fake.log", "w"), stderr=subprocess.STDOUT)
         wait_http(f"{self.bsg}/_bench/health", self.fake)
         config = write_project(self.tmp, api_port, bsg_port)
-        self.daemon = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "-c", str(config)],
+        if self.no_polls:   # experiment: the first status poll 24 h after sending (launcher only, no engine edit)
+            launch = ["-c", "import sys, engine.dispatcher as d; d.POLL_SCHEDULE = (86400,) + d.POLL_SCHEDULE[1:]; "
+                            "from engine.cli import main; sys.exit(main(sys.argv[1:]))"]
+        else:
+            launch = ["-m", "engine.cli"]
+        self.daemon = subprocess.Popen([sys.executable, *launch, "run", "-c", str(config)],
                                        cwd=self.tmp, env=env, stdout=open(self.tmp / "daemon.log", "w"),
                                        stderr=subprocess.STDOUT)
         wait_http(f"{self.api}/health", self.daemon)
@@ -273,7 +313,7 @@ class Stack:
         self.profile_dir.mkdir(parents=True, exist_ok=True)
         out = self.profile_dir / f"{name}.txt"
         self.spy = subprocess.Popen([spy, "record", "--pid", str(self.daemon.pid), "--duration",
-                                     str(max(int(seconds), 1)), "--rate", "200", "--format", "raw",
+                                     str(max(int(seconds), 1)), "--rate", "100", "--format", "raw",
                                      "--threads", "--nonblocking", "-o", str(out)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return out
@@ -300,8 +340,9 @@ class Stack:
 
 
 @contextmanager
-def stack(delivery_delay: float, profile_dir: Path | None = None):
-    s = Stack(delivery_delay, profile_dir)
+def stack(delivery_delay: float, profile_dir: Path | None = None, stock_fake: bool = False,
+          no_polls: bool = False):
+    s = Stack(delivery_delay, profile_dir, stock_fake, no_polls)
     try:
         yield s.start()
     except BaseException:
@@ -333,6 +374,93 @@ def pct(sorted_values: list[float], p: float) -> float:
 
 def ms(x: float) -> str:
     return "—" if math.isnan(x) else f"{x * 1000:,.1f} ms"
+
+
+class PostError(Exception):
+    """A POST that got no answer (connection refused, reset or closed before the reply)."""
+
+
+class _Conn:
+    def __init__(self, stream: trio.SocketStream):
+        self.stream, self.buf, self.used = stream, bytearray(), 0
+
+    async def read_until(self, marker: bytes) -> int:
+        while (i := self.buf.find(marker)) < 0:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise PostError("the server closed the connection")
+            self.buf += chunk
+        return i
+
+    async def read_exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise PostError("the server closed the connection mid-body")
+            self.buf += chunk
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+
+class Poster:
+    """A minimal HTTP/1.1 keep-alive client for `POST /events`. httpx costs ~1.5 ms of CPU a
+    request here, so 500 single-event POSTs/s took 75% of a core of this 2-core machine away
+    from the daemon; this costs a small fraction of that. Reused connections the server has
+    closed (hypercorn: after 1,000 requests or 5 s idle) are retried on a new one — the same
+    event ids, so nothing is journaled twice."""
+
+    def __init__(self, url: str, size: int):
+        host_port = url.split("//", 1)[1].split("/", 1)[0]
+        self.host, port = host_port.rsplit(":", 1)
+        self.port = int(port)
+        self.limit = trio.Semaphore(size)
+        self.idle: list[_Conn] = []
+        self.retries = 0
+        self.head = (f"POST /events HTTP/1.1\r\nHost: {host_port}\r\nContent-Type: application/json\r\n"
+                     "Content-Length: ").encode()
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        async with self.limit:
+            for attempt in range(3):
+                reused = bool(self.idle)
+                conn = self.idle.pop() if reused else _Conn(await self._connect())
+                try:
+                    status, answer, keep = await self._exchange(conn, body)
+                except (PostError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    await conn.stream.aclose()
+                    last = f"{type(exc).__name__}: {exc}" + (" (reused connection)" if reused else "")
+                    if attempt < 2:
+                        self.retries += 1
+                        continue
+                    raise PostError(last) from exc
+                if keep:
+                    self.idle.append(conn)
+                else:
+                    await conn.stream.aclose()
+                return status, answer
+        raise AssertionError("unreachable")
+
+    async def _connect(self) -> trio.SocketStream:
+        try:
+            return await trio.open_tcp_stream(self.host, self.port)
+        except OSError as exc:
+            raise PostError(str(exc)) from exc
+
+    async def _exchange(self, conn: _Conn, body: bytes) -> tuple[int, bytes, bool]:
+        await conn.stream.send_all(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        end = await conn.read_until(b"\r\n\r\n")
+        head = bytes(conn.buf[:end]).decode("latin-1").split("\r\n")
+        del conn.buf[:end + 4]
+        status = int(head[0].split(" ", 2)[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
+        answer = await conn.read_exactly(int(headers.get("content-length", "0")))
+        return status, answer, headers.get("connection", "").lower() != "close"
+
+    async def aclose(self) -> None:
+        for conn in self.idle:
+            await conn.stream.aclose()
+        self.idle.clear()
 
 
 class Receipts:
@@ -421,17 +549,17 @@ class Throughput:  # phase 1a
 async def throughput(s: Stack, batch: int, concurrency: int, seconds: float, slice_s: float,
                      profile: bool) -> Throughput:
     res = Throughput(batch, concurrency, seconds)
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     next_n = 0
     posted_at: dict[int, float] = {}          # event number → time.time() the POST was sent
     accepted: list[tuple[float, int]] = []    # (time.time() of the 202, events)
     post_times: list[float] = []
     errors: Counter = Counter()
     url = f"{s.api}/events"
-    headers = {"content-type": "application/json"}
     receipts = Receipts(s.bsg)
 
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(timeout=60) as client:
+        raw = Poster(url, concurrency)
+
         async def poster(stop_at: float) -> None:
             nonlocal next_n
             while trio.current_time() < stop_at:
@@ -441,10 +569,9 @@ async def throughput(s: Stack, batch: int, concurrency: int, seconds: float, sli
                                   separators=(",", ":")).encode()
                 t0 = time.time()
                 try:
-                    r = await client.post(url, content=body, headers=headers)
-                    code = r.status_code
-                except httpx.HTTPError as exc:
-                    code = type(exc).__name__
+                    code, _ = await raw.post(body)
+                except PostError as exc:
+                    code = f"{type(exc).__name__}: {exc}"
                 t1 = time.time()
                 if code == 202:
                     for n in range(first, first + batch):
@@ -467,6 +594,8 @@ async def throughput(s: Stack, batch: int, concurrency: int, seconds: float, sli
                 await receipts.fetch(client)
         end = time.time()
         cpu1 = cpu_times(s)
+        await raw.aclose()
+        at_end = await health(client, s.api)
         res.complete = await wait_drain(client, receipts, set(posted_at))
         drained = time.time()
         cpu2 = cpu_times(s)
@@ -521,6 +650,12 @@ async def throughput(s: Stack, batch: int, concurrency: int, seconds: float, sli
     print(f"  {'slice':>13}  {'API events/s':>12}  {'fake msgs/s':>11}")
     for a, b, api, fk in res.slices:
         print(f"  {a:5.0f}–{b:5.0f} s  {api:12,.0f}  {fk:11,.0f}")
+    if at_end:
+        journaled = res.posted
+        processed = journaled - at_end.get("pending_events", 0)
+        print(f"  when posting stopped: {at_end.get('pending_events', 0):,} event(s) not yet processed "
+              f"(processed {processed / (end - start):,.0f}/s), {at_end.get('queue_depth', 0):,} message(s) queued "
+              f"in the outbox, {at_end.get('messages', {}).get('sent', 0):,} sent awaiting a status poll")
     print("  CPU while posting: " + ", ".join(f"{k} {v:.0%}" for k, v in cpu_delta(cpu0, cpu1, end - start).items())
           + "; while draining: " + ", ".join(f"{k} {v:.0%}" for k, v in
                                             cpu_delta(cpu1, cpu2, max(drained - end, 1e-3)).items()))
@@ -557,9 +692,6 @@ class Paced:
     cpu: dict = field(default_factory=dict)
 
 
-RETRYABLE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError, httpx.WriteError)
-
-
 async def paced(s: Stack, rate: float, batch: int, seconds: float, slice_s: float, label: str,
                 profile: bool) -> Paced:
     """Post `batch` events every batch/rate seconds on a fixed schedule (trio.sleep_until),
@@ -567,35 +699,23 @@ async def paced(s: Stack, rate: float, batch: int, seconds: float, slice_s: floa
     res = Paced(rate, batch, seconds)
     interval = batch / rate
     ticks = int(seconds / interval)
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     url = f"{s.api}/events"
-    headers = {"content-type": "application/json"}
     posted_at: dict[int, float] = {}
     api_times: list[float] = []
     errors: Counter = Counter()
     receipts = Receipts(s.bsg)
     in_flight = trio.Semaphore(256)
+    raw = Poster(url, 64)
 
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(timeout=60) as client:
         async def post(first: int) -> None:
             body = json.dumps([event(n) for n in range(first, first + batch)] if batch > 1 else event(first),
                               separators=(",", ":")).encode()
             t0 = time.time()
-            code = None
             try:
-                for attempt in range(3):
-                    # hypercorn closes a keep-alive connection after 1,000 requests or 5 s idle; a
-                    # POST racing that close is sent again (same event ids: never journaled twice)
-                    try:
-                        r = await client.post(url, content=body, headers=headers)
-                        code = r.status_code
-                        break
-                    except RETRYABLE as exc:
-                        code = type(exc).__name__
-                        res.retries += 1
-                    except httpx.HTTPError as exc:
-                        code = type(exc).__name__
-                        break
+                code, _ = await raw.post(body)
+            except PostError as exc:
+                code = f"{type(exc).__name__}: {exc}"
             finally:
                 in_flight.release()
             if code == 202:
@@ -622,6 +742,8 @@ async def paced(s: Stack, rate: float, batch: int, seconds: float, slice_s: floa
                     nursery.start_soon(receipts.fetch, client)
         wall_end = time.time()
         res.cpu = cpu_delta(cpu0, cpu_times(s), wall_end - wall_start)
+        res.retries = raw.retries
+        await raw.aclose()
         res.complete = await wait_drain(client, receipts, set(posted_at))
 
     res.scheduled = ticks * batch
@@ -742,10 +864,15 @@ def main(argv=None) -> int:
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="sample the daemon with py-spy during each phase; collapsed stacks go to DIR")
     p.add_argument("--phases", default="1a,1b,2", help="which phases to run (default 1a,1b,2)")
+    p.add_argument("--stock-fake", action="store_true",
+                   help="use engine.fakebsg.FakeBSG as is (its advance() is O(messages held) per request)")
+    p.add_argument("--no-polls", action="store_true",
+                   help="experiment: start the daemon with its first delivery-status poll 24 h after sending, "
+                        "to see what polling costs (figures are then not the product's)")
     p.add_argument("--fake-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.fake_server is not None:
-        return fake_server(args.fake_server, args.delivery_delay)
+        return fake_server(args.fake_server, args.delivery_delay, args.stock_fake)
 
     phases = set(args.phases.split(","))
     seconds = 10.0 if args.quick else args.seconds
@@ -755,7 +882,10 @@ def main(argv=None) -> int:
     print(f"Herald end to end — {datetime.now().isoformat(timespec='seconds')}, {platform.node()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print("three processes share the machine: posters (this one), herald run, the fake BSG\n")
+    print("three processes share the machine: posters (this one), herald run, the fake BSG")
+    if args.no_polls:
+        print("EXPERIMENT --no-polls: delivery-status polling deferred by 24 h; not the product's figures")
+    print()
 
     failed = False
     t1: Throughput | None = None
@@ -768,7 +898,7 @@ def main(argv=None) -> int:
         for batch, conc in combos:
             print(f"== phase 1a: throughput, as fast as the API takes it (batch {batch}, {conc} posters, "
                   f"{seconds:g} s) ==")
-            with stack(args.delivery_delay, args.profile) as s:
+            with stack(args.delivery_delay, args.profile, args.stock_fake, args.no_polls) as s:
                 r = trio.run(throughput, s, batch, conc, seconds, slice_s, profile)
             runs.append(r)
             failed |= bool(r.lost or r.dup)
@@ -787,7 +917,7 @@ def main(argv=None) -> int:
     if "1b" in phases:
         print(f"== phase 1b: sustained, paced at {args.sustained_rate:g} events/s (batch {args.batch}, "
               f"{seconds:g} s, fresh daemon) ==")
-        with stack(args.delivery_delay, args.profile) as s:
+        with stack(args.delivery_delay, args.profile, args.stock_fake, args.no_polls) as s:
             t1b = trio.run(paced, s, args.sustained_rate, args.batch, seconds, slice_s,
                            f"phase1b-r{args.sustained_rate:g}", profile)
         failed |= bool(t1b.lost or t1b.dup)
@@ -801,7 +931,7 @@ def main(argv=None) -> int:
             print(f"== phase 2: latency at {args.latency_rate:g} events/s, {batch} event(s) per POST "
                   f"({lat_seconds:g} s, fresh daemon) ==")
             label = f"phase2-r{args.latency_rate:g}-b{batch}"
-            with stack(args.delivery_delay, args.profile) as s:
+            with stack(args.delivery_delay, args.profile, args.stock_fake, args.no_polls) as s:
                 r = trio.run(paced, s, args.latency_rate, batch, lat_seconds, 2.0 if args.quick else 5.0,
                              label, profile)
             t2.append(r)
@@ -811,10 +941,10 @@ def main(argv=None) -> int:
             print()
 
     print("== targets ==")
-    print(f"  {'target':<52} {'measured':>24}  verdict")
+    print(f"  {'target':<58} {'measured':>18}  verdict")
 
     def row(name: str, measured: str, ok: bool, note: str = "") -> None:
-        print(f"  {name:<52} {measured:>24}  {'met' if ok else 'NOT met'}{note}")
+        print(f"  {name:<58} {measured:>18}  {'met' if ok else 'NOT met'}{note}")
 
     if t1b is not None:
         ok = (t1b.achieved >= 0.95 * TARGET_RATE and t1b.window_rate >= 0.95 * TARGET_RATE

@@ -32,6 +32,7 @@ def find(type_name: str):
 def available() -> list[str]:
     """Every connector type this installation knows, for did-you-mean hints."""
     import pkgutil
-    names = {m.name for m in pkgutil.iter_modules(__path__) if m.name != "base"}
+    names = {m.name for m in pkgutil.iter_modules(__path__)
+             if m.name != "base" and getattr(importlib.import_module(f"connectors.{m.name}"), "CONNECTOR", None)}
     names |= {e.name for e in entry_points(group=ENTRY_POINT_GROUP)}
     return sorted(names)

@@ -33,7 +33,7 @@ from engine.windows import WINDOW_FORMAT, SendWindow, parse_window
 
 __all__ = [
     "Secret", "reveal", "Config", "BsgConfig", "BackupEndpoint", "Senders", "Site",
-    "HttpConfig", "SmtpConfig", "ConnectorConfig", "load_config", "default_config",
+    "HttpConfig", "SmtpConfig", "ConnectorConfig", "DirectoryConfig", "load_config", "default_config",
     "CONFIG_FILE", "SECRETS_FILE", "DEFAULT_TIMEZONE", "CHANNELS", "OMNI_MODES",
 ]
 
@@ -49,6 +49,7 @@ DEFAULT_SMS_SENDERS = ("testsms",)
 DEFAULT_VIBER_SENDERS = ("AdvInform",)
 DEFAULT_SITE_ID = "s1"
 DEFAULT_CHANNEL = "sms"
+DEFAULT_DIRECTORY_TTL = 300.0
 CHANNELS = ("sms", "viber", "omni")
 OMNI_MODES = ("provider", "engine")
 
@@ -210,6 +211,19 @@ class ConnectorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    """`directory:` — where `user`, `department`, `group` and `subscribers` recipients
+    are looked up: a YAML file (read and checked with the config) or the Bitrix database."""
+
+    file: Path | None = None           # the people file, absolute
+    bitrix: Secret | None = None       # SQLAlchemy URL of the Bitrix database
+    ttl: float = DEFAULT_DIRECTORY_TTL # seconds a Bitrix answer is cached (0: not cached)
+    groups: Mapping[str, str] = field(default_factory=dict)  # rule's group name → Bitrix NAME/STRING_ID/ID
+    people: Any = field(default=None, compare=False, repr=False)  # the loaded engine.directory.FileDirectory
+    location: Location | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path | None                  # the file read (absolute); None for built-in defaults
     base_dir: Path                     # relative paths are resolved against it
@@ -224,6 +238,7 @@ class Config:
     smtp: SmtpConfig | None
     connectors: tuple[ConnectorConfig, ...]
     warnings: tuple[Diagnostic, ...] = ()
+    directory: DirectoryConfig | None = None   # None: no directory (lookups find no one)
 
     @property
     def default_site(self) -> Site:
@@ -689,7 +704,7 @@ class _Reader:
     # ---- sections
 
     TOP_KEYS = ("store", "rules", "templates", "timezone", "bsg", "senders", "sites",
-                "http", "smtp", "connectors")
+                "http", "smtp", "connectors", "directory")
     BSG_KEYS = ("url", "api_key", "backup", "rate")
     BACKUP_KEYS = ("url", "api_key")
     SENDER_KEYS = ("sms", "viber")
@@ -698,6 +713,7 @@ class _Reader:
                  "translit", "omni", "language")
     HTTP_KEYS = ("listen", "tokens", "max_body")
     SMTP_KEYS = ("host", "port", "from", "username", "password", "starttls")
+    DIRECTORY_KEYS = ("file", "bitrix", "ttl", "groups")
 
     def build(self, data: Any, path: Path | None) -> Config:
         root = _Val(data, Location(self.file, 1, 1), "")
@@ -720,13 +736,14 @@ class _Reader:
         http = self.http(self.section(root, "http"))
         smtp = self.smtp(self.section(root, "smtp"))
         connectors = self.connectors(self.child(root, "connectors"))
+        directory = self.directory(self.section(root, "directory"))
 
         if self.sink.has_errors:
             raise ConfigError(self.sink.items)
         return Config(
             path=path, base_dir=self.base_dir, store=store, rules=rules, templates=templates,
             timezone=tz, bsg=bsg, senders=senders, sites=sites, http=http,
-            smtp=smtp, connectors=connectors, warnings=tuple(self.sink.items),
+            smtp=smtp, connectors=connectors, warnings=tuple(self.sink.items), directory=directory,
         )
 
     def url(self, v: _Val | None, default: str) -> str:
@@ -999,6 +1016,97 @@ class _Reader:
             password=self.secret(self.child(node, "password")),
             starttls=self.boolean(self.child(node, "starttls"), False),
         )
+
+    def directory(self, node: _Val | None) -> DirectoryConfig | None:
+        """`directory: {file: people.yaml}` or `directory: {bitrix: URL, ttl:, groups:}`."""
+        if node is None:
+            return None
+        from engine.directory import FileDirectory, check_bitrix_url
+        from engine.errors import display_path
+
+        self.check_keys(node, self.DIRECTORY_KEYS, "directory")
+        f, b = self.child(node, "file"), self.child(node, "bitrix")
+        ttl_v, groups_v = self.child(node, "ttl"), self.child(node, "groups")
+        where = node.key_loc or node.loc
+        if f is None and b is None:
+            self.error("directory: give file: (a YAML file of people) or bitrix: (the shop's database URL)",
+                       where, "e.g. directory: {file: people.yaml} or directory: {bitrix: !env SHOP_DB_URL}")
+            return None
+        if f is not None and b is not None:
+            self.error("directory: file and bitrix exclude each other", b.key_loc or b.loc,
+                       "keep one: people come from a file or from the Bitrix database")
+            return None
+        if f is not None:
+            for extra in (ttl_v, groups_v):
+                if extra is not None:
+                    key = extra.path.rsplit(".", 1)[-1]
+                    self.error(f"directory.{key} applies to bitrix: only", extra.key_loc or extra.loc,
+                               "a people file is read at start and on reload")
+            text = self.string(f, "", what="a file name such as people.yaml", allow_empty=False)
+            if not text:
+                return None
+            p = Path(text).expanduser()
+            p = p if p.is_absolute() else self.base_dir / p
+            shown = display_path(p)
+            try:
+                people = FileDirectory.load(p, shown)
+            except ConfigError as exc:
+                self.sink.extend(exc.diagnostics)
+                return None
+            except FileNotFoundError:
+                self.error(f"directory.file: {shown} does not exist", f.loc,
+                           "create it (see docs/directory.md), or fix the path (relative to the config's folder)")
+                return None
+            except IsADirectoryError:
+                self.error(f"directory.file: {shown} is a folder, not a file", f.loc)
+                return None
+            except UnicodeDecodeError:
+                self.error(f"directory.file: {shown} is not UTF-8 text", f.loc)
+                return None
+            except OSError as exc:
+                self.error(f"directory.file: cannot read {shown}: {exc.strerror or exc}", f.loc)
+                return None
+            return DirectoryConfig(file=p, people=people, location=node.loc)
+        raw, origin = self.resolve(b)
+        if raw is _MISSING:
+            return None
+        example = "e.g. bitrix: !env SHOP_DB_URL with SHOP_DB_URL=mysql+pymysql://user:password@host/sitemanager"
+        if raw is None or _is_bool(raw) or not isinstance(raw, str) or not raw.strip():
+            got = "an empty string" if isinstance(raw, str) and not _is_bool(raw) else self.what(raw, origin)
+            self.error(f"directory.bitrix: expected a database URL, got {got}", b.loc, example, secret=True)
+            return None
+        problem, url = check_bitrix_url(raw, self.base_dir)
+        if problem:
+            where_from = f" (the value of {origin})" if origin else ""
+            self.error(f"directory.bitrix: {problem}{where_from}", b.loc, example, secret=True)
+            return None
+        if origin is None and urlsplit(url).password:
+            self._plain_secret_warning(b)   # a password written in the file
+        ttl = self.number(ttl_v, DEFAULT_DIRECTORY_TTL, what="a number of seconds (0 turns the cache off)")
+        if ttl < 0:
+            self.error(f"directory.ttl: expected a number of seconds (0 turns the cache off), got {ttl:g}",
+                       ttl_v.loc)
+            ttl = DEFAULT_DIRECTORY_TTL
+        groups: dict[str, str] = {}
+        if groups_v is not None:
+            graw, gorigin = self.resolve(groups_v)
+            if graw is not None and graw is not _MISSING:
+                if not isinstance(graw, CommentedMap):
+                    self.error(f"directory.groups: expected a mapping of a rule's group name to the Bitrix "
+                               f"group's name, STRING_ID or ID, got {self.what(graw, gorigin)}", groups_v.loc,
+                               'e.g. groups: {ops: "Администраторы интернет-магазина", managers: 5}')
+                else:
+                    for key in graw:
+                        entry = self._entry(groups_v, key)
+                        value, vorigin = self.resolve(entry)
+                        if value is _MISSING:
+                            continue
+                        if _is_bool(value) or not isinstance(value, (str, int)) or not str(value).strip():
+                            self.error(f"{entry.path}: expected a Bitrix group's name, STRING_ID or ID, got "
+                                       f"{self.what(value, vorigin)}", entry.loc)
+                            continue
+                        groups[str(key)] = str(_plain(value)).strip()
+        return DirectoryConfig(bitrix=Secret(url), ttl=ttl, groups=groups, location=node.loc)
 
     def connectors(self, v: _Val | None) -> tuple[ConnectorConfig, ...]:
         if v is None:

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import trio
 
 from engine.config import Config, load_config
-from engine.directory import StaticDirectory
+from engine.directory import open_directory
 from engine.errors import EventError, HeraldError, LoadError
 from engine.evaluate import Delayed, Evaluator, PlannedMessage, RuleRun
 from engine.events import Event, parse_event
@@ -99,7 +99,7 @@ class Daemon:
         self.clock = clock or Clock()
         self.project: Project | None = None
         self.store: Store | None = None
-        self.directory = StaticDirectory()
+        self.directory = open_directory(config.directory)   # connects on its first lookup
         self.db_limiter = trio.CapacityLimiter(1)
         self.events_wake = Pulse()
         self.timers_wake = Pulse()
@@ -363,6 +363,9 @@ class Daemon:
             log.info("reload: cancelled %d pending timer(s) of removed rules", cancelled)
         if (config.http.listen, config.store) != (self.config.http.listen, self.config.store):
             log.warning("reload: http.listen and store changes take effect on restart")
+        old_directory, self.directory = self.directory, open_directory(config.directory)
+        if hasattr(old_directory, "close"):
+            old_directory.close()       # a Bitrix directory: its pool and cache; the new one starts fresh
         self.config, self.project = config, project
         self.generation += 1
 
@@ -430,11 +433,28 @@ def run_daemon(config_path: str | None, log_format: str = "text") -> int:
 
 
 def _secrets_of(config: Config) -> list[str]:
-    values = []
+    """Every secret value the config holds, for log redaction (and a URL's password alone)."""
+    from engine.config import Secret
+
     keys = [config.bsg.api_key, *(b.api_key for b in config.bsg.backup), *config.http.tokens]
     if config.smtp is not None:
         keys.append(config.smtp.password)
+    if config.directory is not None:
+        keys.append(config.directory.bitrix)
+    for entry in config.connectors:
+        keys += [v for v in entry.options.values() if isinstance(v, Secret)]
+    values = []
     for key in keys:
-        if key is not None:
-            values.append(key.reveal())
+        if key is None:
+            continue
+        value = key.reveal() if isinstance(key, Secret) else str(key)
+        values.append(value)
+        if "://" in value:
+            try:
+                from sqlalchemy.engine import make_url
+                password = make_url(value).password
+            except Exception:           # not a database URL: the whole value is redacted anyway
+                password = None
+            if password:
+                values.append(str(password))
     return [v for v in values if v]

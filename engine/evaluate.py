@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Protocol
 from zoneinfo import ZoneInfo
 
 from engine.config import Site
-from engine.directory import Directory, StaticDirectory, phone_of
+from engine.directory import Directory, StaticDirectory, lookup, lookup_user, members_trace, phone_of, user_trace
 from engine.events import Event, EventScope, merge_previous
 from engine.loader import Project
 from engine.matcher import why_not
@@ -224,7 +224,7 @@ class Evaluator:
         subscriptions: list[tuple[str, str, str]] = []
         for action in rule.actions:
             if isinstance(action, Send):
-                planned = self.plan_send(rule, action, event, scope, site, now)
+                planned = self.plan_send(rule, action, event, scope, site, now, trace)
                 messages += planned
                 trace += [f"{action}: {m.status} → {m.to}" + (f" ({m.reason})" if m.reason else "") for m in planned]
             elif isinstance(action, Subscribe):
@@ -241,9 +241,9 @@ class Evaluator:
 
     # -- messages --
     def plan_send(self, rule: Rule, send: Send, event: Event, scope: EventScope, site: Site,
-                  now: datetime) -> list[PlannedMessage]:
+                  now: datetime, trace: list[str] | None = None) -> list[PlannedMessage]:
         channel = send.channel or site.channel
-        recipients = self.recipients(send, scope, site)
+        recipients = self.recipients(send, scope, site, trace)
         macros = MacroSource(scope.data, _site_macros(site))
         tz = ZoneInfo(site.timezone)
         window = send.window or site.send_window
@@ -320,8 +320,11 @@ class Evaluator:
             sms_text = to_latin(sms_text)
         return (viber.text if viber else ""), sms_text, unknown
 
-    def recipients(self, send: Send, scope: EventScope, site: Site) -> list[tuple[str, Any, bool]]:
-        """(label, raw phone, is_copy) for every recipient the action names."""
+    def recipients(self, send: Send, scope: EventScope, site: Site,
+                   trace: list[str] | None = None) -> list[tuple[str, Any, bool]]:
+        """(label, raw phone, is_copy) for every recipient the action names. Each
+        directory lookup adds a line to `trace` when one is given."""
+        note = trace.append if trace is not None else (lambda line: None)
         out: list[tuple[str, Any, bool]] = []
         for r in send.recipients:
             if r.kind == "path":
@@ -335,20 +338,21 @@ class Evaluator:
                 out.append((r.value, r.value, False))
             elif r.kind == "user":
                 key = scope.get(r.value)
-                phone, why = self.directory.user_phone(key)
+                phone, why = lookup_user(self.directory, key)
+                note(user_trace(key if key not in (None, "") else ".".join(r.value), phone, why))
                 out.append((f"user {key}", phone, False) if phone else (f"user {key} ({why})", None, False))
             elif r.kind == "admins":
                 out += [("admins", a, False) for a in site.admins] or [("admins (the site has none)", None, False)]
-            elif r.kind == "department":
-                members = self.directory.department(r.value)
-                out += [(f"department {r.value}: {label}", phone, False) for label, phone in members] or \
-                    [(f"department {r.value} (no members)", None, False)]
-            elif r.kind == "group":
-                members = self.directory.group(r.value)
-                out += [(f"group {r.value}: {label}", phone, False) for label, phone in members] or \
-                    [(f"group {r.value} (no members)", None, False)]
+            elif r.kind in ("department", "group"):
+                members = lookup(self.directory, r.kind, r.value)
+                note(members_trace(r.kind, r.value, members))
+                out += [(f"{r.kind} {r.value}: {label}", phone, False) for label, phone in members] or \
+                    [(f"{r.kind} {r.value} ({members.error or 'no members'})", None, False)]
             elif r.kind == "subscribers":
-                out += [(f"subscribers {r.value}", p, False) for p in self.directory.subscribers(r.value)]
+                phones = lookup(self.directory, "subscribers", r.value)
+                note(members_trace("subscribers", r.value, phones))
+                out += [(f"subscribers {r.value}", p, False) for p in phones] or \
+                    ([(f"subscribers {r.value} ({phones.error})", None, False)] if phones.error else [])
         if send.copy_admins:
             out += [("copy admins", a, True) for a in site.admins]
         return out
