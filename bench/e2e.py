@@ -423,13 +423,14 @@ class Poster:
     async def post(self, body: bytes) -> tuple[int, bytes]:
         async with self.limit:
             for attempt in range(3):
-                reused = bool(self.idle)
+                reused = bool(self.idle) and attempt == 0     # a retry always gets a new connection
                 conn = self.idle.pop() if reused else _Conn(await self._connect())
                 try:
                     status, answer, keep = await self._exchange(conn, body)
                 except (PostError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     await conn.stream.aclose()
-                    last = f"{type(exc).__name__}: {exc}" + (" (reused connection)" if reused else "")
+                    last = (str(exc) if isinstance(exc, PostError) else f"{type(exc).__name__}: {exc}") \
+                        + (" (reused connection)" if reused else "")
                     if attempt < 2:
                         self.retries += 1
                         continue

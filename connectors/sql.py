@@ -143,9 +143,12 @@ class Source(Protocol):
         `sql:<connector>:<source>:`); `new_snapshot` a JSON-able mapping to store, None
         to keep what is stored, or `DELETE` to forget it."""
 
-    # Optional: `def prepare(self, connection: sa.Connection) -> None` — called in the
-    # worker thread before the first poll after each (re)connect, e.g. to read lookup
-    # tables (status names). Its errors count as database errors.
+    # Optional:
+    # - `def prepare(self, connection: sa.Connection) -> None` — called in the worker
+    #   thread before the first poll after each (re)connect, e.g. to read lookup tables
+    #   (status names). Its errors count as database errors.
+    # - `start: str | None` — "end" / "beginning" for this source (else the connector's
+    #   `start` option): where its first poll ever begins, see docs/connectors/sql.md.
 
 
 # ---------------------------------------------------------------------- values and cursors
@@ -381,7 +384,7 @@ class MappedSource:
 
 # ---------------------------------------------------------------------- presets
 
-PresetFactory = Callable[[ConnectorConfig, dict], list]
+PresetFactory = Callable[[ConnectorConfig, dict], "list[Source]"]
 
 PRESETS: dict[str, PresetFactory] = {}
 """Preset name → factory(config, settings) returning a list of `Source`s. `settings`:
@@ -420,6 +423,18 @@ class _Locator:
         self.config = config
         self._entry: Any = None
         self._loaded = False
+        self.lines: list[str] = []
+
+    def source_line(self, loc: Location | None) -> str | None:
+        """The line a diagnostic points at, for the caret display — never one that may
+        hold a secret (the URL, passwords, tokens)."""
+        if loc is None or self.config.location is None or loc.file != self.config.location.file \
+                or not (0 < loc.line <= len(self.lines)):
+            return None
+        line = self.lines[loc.line - 1]
+        if re.search(r"url|pass|secret|token|key\w*\s*:\s*\S{16,}|!env|!secret|://", line, re.I):
+            return None
+        return line
 
     def _load(self) -> Any:
         loc = self.config.location
@@ -438,6 +453,7 @@ class _Locator:
         else:
             return None
         data = _yaml().load(text)
+        self.lines = text.splitlines()
         best = None
         for item in data.get("connectors") or ():
             lc = getattr(item, "lc", None)
@@ -519,7 +535,8 @@ class _Checker:
 
     def error(self, message: str, *path: Any, key: bool = False, hint: str | None = None) -> None:
         loc = self.where.at(*path, key=key) if path else self.config.location
-        self.problems.append(Diagnostic(f"sql connector: {message}", loc, hint=hint))
+        self.problems.append(Diagnostic(f"sql connector: {message}", loc, hint=hint,
+                                        source_line=self.where.source_line(loc) if path else None))
 
     def number(self, name: str, default: float, *, integer: bool = False, low: float = 0,
                high: float = 86400, example: str) -> float:
@@ -623,9 +640,12 @@ class SqlConnector:
         self._limiter = trio.CapacityLimiter(1)
         self._prepared: set[str] = set()
         self._last_ok = 0.0                 # trio clock of the last successful poll (or the start)
-        self._down_since: datetime | None = None
-        self._down_reported = False
+        self._polling_since: float | None = None   # trio clock when the running poll began
+        self._failing = False               # the last poll failed (or the running one hangs)
+        self._down_since: datetime | None = None   # wall clock of the first failure of this outage
+        self._down_reported = False         # connector.down journaled, connector.up not yet
         self._error = ""
+        self._state_lock = trio.Lock()      # down/up events: one at a time
 
     # ------------------------------------------------------------------ option checks
 
@@ -997,7 +1017,9 @@ class SqlConnector:
         await self.resume(ctx)
         task_status.started()
         try:
-            await self._loop(ctx)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watchdog, ctx)
+                await self._loop(ctx)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await trio.to_thread.run_sync(self._dispose, abandon_on_cancel=True)
@@ -1020,17 +1042,28 @@ class SqlConnector:
     async def _loop(self, ctx: ConnectorContext) -> None:
         failures = 0
         while True:
+            self._polling_since = trio.current_time()
             try:
                 more, problems = await self.poll(ctx)
             except Exception as exc:          # never BaseException: trio.Cancelled goes through
+                self._polling_since = None
                 failures += 1
-                await self._failed(ctx, exc, failures)
+                self._failed(ctx, exc)
+                delay = min(self.BACKOFF_MAX, self.BACKOFF_MIN * 2 ** min(failures - 1, 30))
+                await trio.sleep(min(self.BACKOFF_MAX, delay * random.uniform(0.8, 1.2)))
                 continue
+            self._polling_since = None
             failures = 0
+            self._failing = False
             self._last_ok = trio.current_time()
-            if self._down_reported:
-                await self._report_up(ctx)
-            self._down_since = None
+            async with self._state_lock:
+                if self._down_reported:
+                    try:
+                        await self._report_up(ctx)
+                    except Exception as exc:        # Herald's own store: try again after the next poll
+                        log.error("sql connector %s: could not journal connector.up: %s", ctx.name, exc)
+                if not self._down_reported:
+                    self._down_since = None
             if problems:
                 ctx.down("; ".join(problems))
             else:
@@ -1112,31 +1145,35 @@ class SqlConnector:
 
     # ------------------------------------------------------------------ down and up
 
-    async def _failed(self, ctx: ConnectorContext, exc: Exception, failures: int) -> None:
+    def _failed(self, ctx: ConnectorContext, exc: Exception) -> None:
         error = self._describe(exc)
         if not isinstance(exc, (sa.exc.SQLAlchemyError, OSError)):
-            log.warning("sql connector %s: unexpected %s", ctx.name, error)
+            log.warning("sql connector %s: unexpected %s", ctx.name, error, exc_info=True)
         self._prepared.clear()
+        self._set_failing(ctx, error)
+
+    def _set_failing(self, ctx: ConnectorContext, error: str) -> None:
+        self._failing = True
         self._error = error
         if self._down_since is None:
             self._down_since = datetime.now(timezone.utc)
         ctx.down(f"{self.safe_url}: {error}")
-        delay = min(self.BACKOFF_MAX, self.BACKOFF_MIN * 2 ** min(failures - 1, 30))
-        delay = min(self.BACKOFF_MAX, delay * random.uniform(0.8, 1.2))
-        deadline = trio.current_time() + delay
-        while True:
-            await self._check_silence(ctx)
-            now = trio.current_time()
-            if now >= deadline:
-                return
-            wait = deadline - now
-            if not self._down_reported:
-                wait = min(wait, max(self._last_ok + self.silence - now, 0.01))
-            await trio.sleep(wait)
 
-    async def _check_silence(self, ctx: ConnectorContext) -> None:
-        if self._down_reported or trio.current_time() - self._last_ok < self.silence:
-            return
+    async def _watchdog(self, ctx: ConnectorContext) -> None:
+        """Journals `connector.down` once `silence` seconds pass without a successful
+        poll — whether polls fail or one hangs (a server that stopped answering)."""
+        while True:
+            await trio.sleep(min(1.0, self.silence / 4))
+            now = trio.current_time()
+            if (not self._failing and self._polling_since is not None
+                    and now - self._polling_since >= self.silence):
+                self._set_failing(ctx, f"no answer from the database for {now - self._polling_since:.1f}s")
+            if self._failing and not self._down_reported and now - self._last_ok >= self.silence:
+                async with self._state_lock:
+                    if self._failing and not self._down_reported:
+                        await self._report_down(ctx)
+
+    async def _report_down(self, ctx: ConnectorContext) -> None:
         since = self._down_since or datetime.now(timezone.utc)
         event = {"type": "connector.down", "id": f"sql:{ctx.name}:down:{since.isoformat()}",
                  "data": {"connector": {"name": ctx.name, "type": self.type, "status": "down",

@@ -752,3 +752,42 @@ async def test_an_unreachable_server_is_down_once_and_the_password_stays_hidden(
             assert password not in json.dumps(down)
             await until(lambda: len(fake.messages()) == 1)
     assert password not in caplog.text and "connector shop is down" in caplog.text
+
+
+def test_the_documented_example_config_and_rules_load(tmp_path):
+    from grammar.compiler import compile_text
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "connectors" / "sql.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```(\w+)\n(.*?)^```", doc, re.S | re.M)
+    (config, *_) = [text for lang, text in blocks if lang == "yaml"]
+    path = tmp_path / "herald.yaml"
+    path.write_text(config, encoding="utf-8")
+    c = SqlConnector(load_config(path, env={"SHOP_DB_URL": "mysql://herald:pw@db.local/shop"}).connectors[0])
+    assert [(s.name, s.mode) for s in c.sources] == [("new-orders", "append"), ("orders", "snapshot")]
+    rules = [text for lang, text in blocks if lang == "rules"]
+    assert len(rules) == 2
+    for text in rules:
+        result = compile_text(text, "sql.md")
+        assert not [d for d in result.diagnostics if d.is_error] and result.rules, result.diagnostics
+
+
+async def test_a_server_that_stops_answering_is_down_after_silence_too(tmp_path, monkeypatch):
+    """A query that hangs (no error, no answer) counts as silence as well."""
+    monkeypatch.chdir(tmp_path)
+    held = []
+
+    async def mute(stream):
+        held.append(stream)                   # accept, never answer
+        await trio.sleep_forever()
+
+    async with fake_bsg() as (fake, bsg_url), trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, mute, listeners)
+        monkeypatch.setenv("SHOP_DB_URL", f"mysql+pymysql://shop:pw@127.0.0.1:{port}/shop")
+        config = write_project(tmp_path, SEND_CREATED, port=free_port(), bsg_url=bsg_url,
+                               extra=connector_block(extra="silence: 0.3\n"))
+        async with herald(config) as (daemon, client):
+            (down,) = await until(lambda: _types(daemon, "connector.down"))
+            assert down["data"]["connector"]["error"].startswith("no answer from the database for")
+            assert not daemon.connectors["shop"].alive
+        nursery.cancel_scope.cancel()
