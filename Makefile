@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check bench clean
+.PHONY: run test check bench bench-e2e bench-sql clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/match.py
+
+bench-e2e: $(STAMP)
+	$(BIN)/python bench/e2e.py
+
+bench-sql: $(STAMP)
+	$(BIN)/python bench/sql_poll.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
