@@ -1,25 +1,28 @@
 """End-to-end benchmark: `POST /events` → `herald run` → the fake BSG in its own process.
 
-    .venv/bin/python bench/e2e.py [--seconds N] [--quick] [--profile DIR] [--sweep]
+    .venv/bin/python bench/e2e.py [--seconds N] [--quick] [--sweep] [--profile DIR] [--no-polls]
 
-Three processes on one machine: this script (the HTTP posters), `herald run` on a
-temporary project, and the fake BSG (this file again, with `--fake-server PORT`) wrapped
-in a tiny ASGI middleware that stamps every recipient of every `/sms/create` and
-`/viber/create` request with `time.time()` on arrival and serves the list at
-`GET /_bench/receipts`. Wall clock on both sides, one machine: comparable timestamps.
+Three processes on one machine: this script (the posters), `herald run` on a temporary
+project, and the fake BSG (this file again, `--fake-server PORT`) wrapped in a tiny ASGI
+middleware that stamps every recipient the fake accepts in `/sms/create` and
+`/viber/create` with `time.time()` on the request's arrival and serves the list at
+`GET /_bench/receipts`. Wall clock on both sides of one machine: comparable timestamps.
 
 Each event is `order.created` with a unique phone `+7900NNNNNNN`; the one rule
 `on order.created send sms to customer.phone text "Заказ #ORDER_ID#"` gives one SMS per
-event, so a receipt maps back to its event.
+event, so a receipt maps back to its event. Every phase starts a fresh daemon and fake.
 
-  phase 1  throughput: C concurrent posters, B events per POST, for --seconds; then wait
-           until the fake has every message. Events/s accepted by the API, messages/s at
-           the fake per time slice, drain time, lost / duplicated messages.
-  phase 2  latency: a fresh daemon and fake; events posted on a fixed schedule at
-           --latency-rate events/s for --seconds/3; latency = fake receipt − post time.
+  1a  throughput: C posters, B events per POST, as fast as the API answers, for --seconds;
+      then wait until the fake has every message. Events/s into the API, messages/s at the
+      fake per slice, where the backlog sits, drain time, lost / duplicated messages.
+  1b  sustained: --sustained-rate events/s (2,000) on a fixed schedule for --seconds: does
+      the fake get 2,000 messages/s in every slice, with no backlog left at the end?
+  2   latency: --latency-rate events/s (500) on a fixed schedule (trio.sleep_until) for
+      --seconds/3, once per --latency-batch size (1 and 10 events per POST); latency per
+      event = fake receipt − the moment its POST was sent; p50/p90/p99/max.
 
 Prints figures; never asserts a time (the VM is noisy, ±35%: shared/spec/PERF-FACTS.md).
-Exit code 1 only when messages were lost or duplicated.
+Exit code 1 only when messages were lost or duplicated. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -606,7 +609,7 @@ async def throughput(s: Stack, batch: int, concurrency: int, seconds: float, sli
     res.api_rate = res.posted / (end - start)
     times = sorted(t for _, t in receipts.items)
     if errors:
-        print(f"  POST errors: {dict(errors)}")
+        print(f"  POST errors (after {raw.retries} retries): {dict(errors)}")
     if times:
         last = times[-1]
         res.e2e_rate = len(times) / (last - start)
@@ -808,42 +811,50 @@ def cpu_delta(before: dict, after: dict, wall: float) -> dict:
 
 # =========================================================================== profile summary
 
-def summarize_profile(path: Path, top: int = 18) -> None:
-    """Collapsed stacks (py-spy --format raw) → the busiest functions, inclusive and self."""
+PROFILE_PARTS = (   # first match wins; markers are substrings of py-spy's collapsed frames
+    ("delivery-status polls", ("Dispatcher._poll_one (", "Dispatcher._apply_status", "Dispatcher._poll_loop",
+                               "Store.due_polls", "Store.next_poll_due")),
+    ("BSG exchange traces", ("Dispatcher._flush_exchanges", "Dispatcher._record_exchange", "BsgClient._trace")),
+    ("dispatcher: claim, send, apply", ("Dispatcher._send", "Store.claim_due", "Dispatcher._apply_results",
+                                        "Store.next_due")),
+    ("processor (_process_batch)", ("Daemon._process_batch",)),
+    ("intake: journal commit", ("Store.add_events",)),
+    ("intake: HTTP (hypercorn, starlette, parse)", ("hypercorn/", "starlette/", "post_events", "h11/")),
+    ("trio: scheduler, thread hand-off", ("trio/",)),
+)
+IDLE_LEAVES = ("EpollIOManager.get_events", "WorkerThread._work", "Condition.wait", "Lock.acquire")
+
+
+def summarize_profile(path: Path | None, top: int = 12) -> None:
+    """Collapsed stacks (py-spy --format raw) → share of the daemon's busy samples by part,
+    and the busiest engine functions (inclusive). Leaves that are waits (epoll_wait, an idle
+    worker thread) are counted as idle: py-spy --nonblocking cannot always tell."""
     if not path or not path.exists():
         return
-    inclusive: Counter = Counter()
-    own: Counter = Counter()
-    threads: Counter = Counter()
-    total = 0
+    parts: Counter = Counter()
+    engine_fns: Counter = Counter()
+    busy = idle = 0
     for line in path.read_text(errors="replace").splitlines():
         stack_text, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         k = int(count)
         frames = stack_text.split(";")
-        total += k
-        threads[frames[0].split(" ")[0] if frames else "?"] += k
-        seen = set()
-        for f in frames[1:]:
-            name = f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].replace(str(ROOT) + "/", "") + ")" \
-                if " (" in f else f
-            if name not in seen:
-                inclusive[name] += k
-                seen.add(name)
-        if len(frames) > 1:
-            f = frames[-1]
-            own[f.split(" (")[0] + (" (" + f.split(" (")[1].split(":")[0].replace(str(ROOT) + "/", "") + ")"
-                                    if " (" in f else "")] += k
-    if not total:
+        if frames[-1].startswith(IDLE_LEAVES):
+            idle += k
+            continue
+        busy += k
+        parts[next((name for name, marks in PROFILE_PARTS if any(m in stack_text for m in marks)), "other")] += k
+        for name in {f.split(" (")[0] for f in frames if "(engine/" in f} - {"<module>", "main", "cmd_run", "run_daemon"}:
+            engine_fns[name] += k
+    if not busy:
         return
-    print(f"\n  profile {path.name}: {total:,} samples (all threads, idle excluded)")
-    print("  busiest functions, inclusive:")
-    for name, k in inclusive.most_common(top):
-        print(f"    {100 * k / total:5.1f}%  {name}")
-    print("  self time:")
-    for name, k in own.most_common(10):
-        print(f"    {100 * k / total:5.1f}%  {name}")
+    print(f"\n  profile {path.name}: {busy:,} busy samples ({idle:,} idle-looking left out)")
+    for name, k in parts.most_common():
+        print(f"    {100 * k / busy:5.1f}%  {name}")
+    print("  busiest engine functions (inclusive):")
+    for name, k in engine_fns.most_common(top):
+        print(f"    {100 * k / busy:5.1f}%  {name}")
 
 
 # =========================================================================== main
