@@ -113,6 +113,7 @@ class Daemon:
         self.stopping = trio.Event()
         self.started = trio.Event()
         self.dispatcher = None
+        self.versions: dict[str, str] = {}
 
     # ---- blocking work, one call at a time ----
     async def db(self, fn: Callable, *args: Any) -> Any:
@@ -124,6 +125,7 @@ class Daemon:
         from engine.http import serve_api
 
         self.project = await trio.to_thread.run_sync(load_project, self.config)
+        self.versions = {r.id: rule_version(r) for r in self.project.rules}
         for warning in self.project.warnings:
             log.warning("%s", warning.format())
         self.store = await trio.to_thread.run_sync(Store, self.config.store)
@@ -244,8 +246,8 @@ class Daemon:
         store = self.store
         trace = run.as_json()
         trace["event"] = event.id
-        firing_id = store.add_firing(event.id, run.rule.id, rule_version(run.rule), run.fired, run.reason,
-                                     trace, now)
+        version = self.versions.get(run.rule.id) or rule_version(run.rule)
+        firing_id = store.add_firing(event.id, run.rule.id, version, run.fired, run.reason, trace, now)
         for m in run.messages:
             self._enqueue(m, event.site, firing_id)
 
@@ -367,6 +369,7 @@ class Daemon:
         if hasattr(old_directory, "close"):
             old_directory.close()       # a Bitrix directory: its pool and cache; the new one starts fresh
         self.config, self.project = config, project
+        self.versions = {r.id: rule_version(r) for r in project.rules}
         self.generation += 1
 
     # ---- health ----

@@ -23,7 +23,9 @@ from engine.store import OutboxRow
 log = logging.getLogger("herald.dispatch")
 
 MAX_ATTEMPTS = 8
-BATCH = 100
+BATCH = 500                      # claimed per round; sent as concurrent requests of ≤ 50
+REQUEST_SIZE = 50
+POLL_CONCURRENCY = 16
 POLL_SCHEDULE = (5, 15, 60, 300, 900, 3600)          # seconds after sending, then hourly
 GIVE_UP_POLLING = timedelta(hours=73)                # SMS validity is at most 72 h
 
@@ -142,11 +144,11 @@ class Dispatcher:
             await self.daemon.db(self._expire, expired)
         sms = [r for r in live if r.channel == "sms"]
         viber = [r for r in live if r.channel != "sms"]
+        # requests go out concurrently; the client's rate cap still spaces them
         async with trio.open_nursery() as nursery:
-            if sms:
-                nursery.start_soon(self._send_group, sms, True)
-            if viber:
-                nursery.start_soon(self._send_group, viber, False)
+            for group, is_sms in ((sms, True), (viber, False)):
+                for i in range(0, len(group), REQUEST_SIZE):
+                    nursery.start_soon(self._send_group, group[i:i + REQUEST_SIZE], is_sms)
 
     async def _send_group(self, rows: Sequence[OutboxRow], is_sms: bool) -> None:
         try:
@@ -228,30 +230,39 @@ class Dispatcher:
 
     # ---- delivery statuses ----
     async def _poll_loop(self) -> None:
+        limiter = trio.CapacityLimiter(POLL_CONCURRENCY)
         while True:
-            due = await self.daemon.db(self.store.due_polls, self.now(), 50)
-            for item in due:
-                await self._poll_one(item)
-            await self._flush_exchanges()
+            due = await self.daemon.db(self.store.due_polls, self.now(), 200)
             if due:
+                statuses: dict[int, Status | None] = {}
+                async with trio.open_nursery() as nursery:
+                    for item in due:
+                        nursery.start_soon(self._fetch_status, item, statuses, limiter)
+                if await self.daemon.db(self._apply_statuses, due, statuses):
+                    self.daemon.events_wake.set()
+                await self._flush_exchanges()
                 continue
             nxt = await self.daemon.db(self.store.next_poll_due)
             wait = 30.0 if nxt is None else (nxt - self.now()).total_seconds()
             await trio.sleep(0.2)                 # let a burst of sends land before the first poll
             await self.poll_wake.wait(min(wait, 30.0))
 
-    async def _poll_one(self, item: dict) -> None:
-        """Ask BSG for one message's status and record it (final: emit message.* events)."""
-        try:
-            if item["channel"] == "sms":
-                status = await self.client.sms_status(item["reference"])
-            else:
-                status = await self.client.viber_status(item["reference"])
-        except BsgError as exc:
-            log.debug("status of %s: %s", item["reference"], exc)
-            status = None
-        if await self.daemon.db(self._apply_status, item, status):
-            self.daemon.events_wake.set()
+    async def _fetch_status(self, item: dict, out: dict, limiter: trio.CapacityLimiter) -> None:
+        """Ask BSG for one message's status (None: not known yet, or BSG unreachable)."""
+        async with limiter:
+            try:
+                if item["channel"] == "sms":
+                    out[item["id"]] = await self.client.sms_status(item["reference"])
+                else:
+                    out[item["id"]] = await self.client.viber_status(item["reference"])
+            except BsgError as exc:
+                log.debug("status of %s: %s", item["reference"], exc)
+                out[item["id"]] = None
+
+    def _apply_statuses(self, items: Sequence[dict], statuses: dict) -> bool:
+        """Record a round of polls in one transaction; True when some message became final."""
+        with self.store.transaction():
+            return any([self._apply_status(item, statuses.get(item["id"])) for item in items])
 
     def _apply_status(self, item: dict, status: Status | None) -> bool:
         """True when the message reached a final state (an event was journaled)."""
