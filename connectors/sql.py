@@ -414,7 +414,7 @@ def _preset_factory(name: str) -> PresetFactory:
 
 # ====================================================================== option checks
 
-class _Locator:
+class Locator:
     """Where a nested option is in the config file (line:col of `sources[1].mode`).
     ConnectorConfig locates only top-level options, so this re-reads the entry from the
     file; anything unexpected falls back to the top-level option's location."""
@@ -530,7 +530,7 @@ class _Checker:
 
     def __init__(self, config: ConnectorConfig):
         self.config = config
-        self.where = _Locator(config)
+        self.where = Locator(config)
         self.problems: list[Diagnostic] = []
 
     def error(self, message: str, *path: Any, key: bool = False, hint: str | None = None) -> None:
@@ -1230,3 +1230,4 @@ def _read_only(dialect: str) -> Callable:
 
 
 CONNECTOR = SqlConnector
+

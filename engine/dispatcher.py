@@ -25,7 +25,7 @@ log = logging.getLogger("herald.dispatch")
 MAX_ATTEMPTS = 8
 BATCH = 500                      # claimed per round; sent as concurrent requests of ≤ 50
 REQUEST_SIZE = 50
-POLL_CONCURRENCY = 16
+POLL_CONCURRENCY = 4             # polls yield to sends: latency of new messages comes first
 POLL_SCHEDULE = (5, 15, 60, 300, 900, 3600)          # seconds after sending, then hourly
 GIVE_UP_POLLING = timedelta(hours=73)                # SMS validity is at most 72 h
 
@@ -232,7 +232,10 @@ class Dispatcher:
     async def _poll_loop(self) -> None:
         limiter = trio.CapacityLimiter(POLL_CONCURRENCY)
         while True:
-            due = await self.daemon.db(self.store.due_polls, self.now(), 200)
+            if self.busy:
+                await trio.sleep(0.1)             # a send round is on: statuses can wait
+                continue
+            due = await self.daemon.db(self.store.due_polls, self.now(), 50)
             if due:
                 statuses: dict[int, Status | None] = {}
                 async with trio.open_nursery() as nursery:
