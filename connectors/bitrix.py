@@ -61,6 +61,7 @@ from connectors.bitrix_codec import (
     mail_event_to_events, parse_money, with_phone,
 )
 from connectors.sql import APPEND, DELETE, SNAPSHOT, decode_cursor, encode_cursor, json_value
+from connectors.options import what as _what
 from engine.config import ConnectorConfig
 from engine.errors import ConfigError, Diagnostic, Location, did_you_mean
 from engine.phones import normalize_phone
@@ -120,21 +121,6 @@ class _Options:
     def error(self, message: str, *path: Any, key: bool = False, hint: str | None = None) -> None:
         self.problems.append(Diagnostic(f"{PREFIX}: {message}", self.at(*path, key=key), hint=hint))
 
-
-def _what(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return f"the number {value:g}"
-    if isinstance(value, str):
-        return f'"{value}"' if value.strip() else "an empty string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
 
 
 class _Preset:

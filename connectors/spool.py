@@ -31,6 +31,7 @@ from typing import Any
 import trio
 
 from connectors.base import ConnectorContext
+from connectors.options import number as _number, what as _what
 from engine.config import ConnectorConfig, Secret, reveal
 from engine.errors import ConfigError, Diagnostic, EventError, Location, did_you_mean
 
@@ -212,35 +213,6 @@ class SpoolConnector:
 
 # ---------------------------------------------------------------------- helpers
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _what(value: Any) -> str:
-    if isinstance(value, Secret):
-        return "a value from !env/!secret that does not fit"   # never echo a secret
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return f"the number {value:g}"
-    if isinstance(value, str):
-        return f'"{value}"' if value.strip() else "an empty string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
 
 
 def _folder_problem(path: Path, exc: OSError) -> str:

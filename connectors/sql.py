@@ -68,6 +68,7 @@ import trio
 from sqlalchemy.engine import URL, make_url
 
 from connectors.base import ConnectorContext
+from connectors.options import number as _number, what as _what
 from engine.config import ConnectorConfig, Secret, reveal
 from engine.errors import ConfigError, Diagnostic, EventError, Location, did_you_mean
 
@@ -487,35 +488,6 @@ class Locator:
             return fallback
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _what(value: Any) -> str:
-    if isinstance(value, Secret):
-        return "a value from !env/!secret that does not fit"
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return f"the number {value:g}"
-    if isinstance(value, str):
-        return f'"{value}"' if value.strip() else "an empty string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
 
 
 def _bind_names(sql: str) -> list[str]:

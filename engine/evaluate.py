@@ -168,7 +168,7 @@ class Evaluator:
         if key is None:
             return
         old = self.state.get_state(key)
-        self.state.put_state(key, _deep_merge(old, event.data) if old else dict(event.data))
+        self.state.put_state(key, merge_previous(old, event.data) if old else dict(event.data))
 
     def related_rules(self, event: Event) -> list[Rule]:
         """Rules whose trigger concerns this event's type (for explanations only)."""
@@ -367,13 +367,3 @@ def _site_fields(site: Site) -> dict:
 def _site_macros(site: Site) -> dict:
     return {"name": site.name, "server_name": site.server_name, "email_from": site.email_from,
             "phone_from": site.phone_from}
-
-
-def _deep_merge(old: Mapping, new: Mapping) -> dict:
-    merged = dict(old)
-    for key, value in new.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
