@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", choices=("sms", "viber", "omni"))
     p.add_argument("--site")
     p.add_argument("--sender")
+    p.add_argument("--now", action="store_true", help="send now, outside the site's sending window too")
 
     p = sub.add_parser("history", help="messages Herald queued and sent")
     _add_config(p)

@@ -75,6 +75,8 @@ def cmd_send(args) -> int:
     for key in ("text", "template", "channel", "site", "sender"):
         if getattr(args, key):
             payload[key] = getattr(args, key)
+    if args.now:
+        payload["now"] = True
     response = _call(args, "POST", "/messages", json=payload)
     if response.status_code != 202:
         _print_error(response)

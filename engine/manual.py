@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from engine.errors import EventError
 from engine.events import Event, EventScope
+from engine.windows import parse_window
 from grammar.model import EventTrigger, Recipient, Rule, Send
 
 CHANNELS = ("sms", "viber", "omni")
@@ -15,7 +16,8 @@ CHANNELS = ("sms", "viber", "omni")
 
 def build_send(payload: Any, daemon) -> tuple[Send, str, Mapping]:
     if not isinstance(payload, Mapping):
-        raise EventError("a manual send is a JSON object: {to, text | template, channel?, site?, data?}", "")
+        raise EventError("a manual send is a JSON object: {to, text | template, channel?, site?, sender?, data?, now?}",
+                         "")
     to = payload.get("to")
     phones = [to] if isinstance(to, str) else to
     if not isinstance(phones, list) or not phones or not all(isinstance(p, str) and p for p in phones):
@@ -39,7 +41,13 @@ def build_send(payload: Any, daemon) -> tuple[Send, str, Mapping]:
     data = payload.get("data") or {}
     if not isinstance(data, Mapping):
         raise EventError("data must be an object (fields for the template's macros)", "/data")
-    send = Send(channel, tuple(Recipient("phone", p) for p in phones), template=template, text=text, sender=sender)
+    now = payload.get("now", False)
+    if not isinstance(now, bool):
+        raise EventError("now must be true or false", "/now")
+    # a person sending by hand at night may mean it: `now` skips the site's sending window
+    window = parse_window("00:00-24:00") if now else None
+    send = Send(channel, tuple(Recipient("phone", p) for p in phones), template=template, text=text, sender=sender,
+                window=window)
     return send, site, data
 
 

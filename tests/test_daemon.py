@@ -259,3 +259,18 @@ async def test_deferred_message_goes_when_the_window_opens_on_a_virtual_clock(tm
             daemon.dispatch_wake.set()
             await wait_for(lambda: _async(len(fake.messages()) == 1))
         nursery.cancel_scope.cancel()
+
+
+async def test_manual_send_keeps_the_window_unless_now(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+    now = datetime.now(ZoneInfo("Europe/Moscow"))
+    window = f"{(now + timedelta(hours=2)).strftime('%H:00')}-{(now + timedelta(hours=3)).strftime('%H:00')}"
+    async with running(tmp_path, site_extra=f'    send_window: "{window}"\n') as (daemon, client, fake):
+        waits = await client.post("/messages", json={"to": "+79007654321", "text": "a", "channel": "sms"})
+        goes = await client.post("/messages", json={"to": "+79007654322", "text": "b", "channel": "sms", "now": True})
+        assert waits.status_code == goes.status_code == 202
+        await wait_for(lambda: _async(len(fake.messages()) == 1))
+        assert fake.messages()[0]["msisdn"] == "79007654322"
+        assert [m["to"] for m in await _messages(client, "deferred")] == ["+79007654321"]
