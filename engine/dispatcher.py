@@ -26,6 +26,7 @@ MAX_ATTEMPTS = 8
 BATCH = 500                      # claimed per round; sent as concurrent requests of ≤ 50
 REQUEST_SIZE = 50
 POLL_CONCURRENCY = 4             # polls yield to sends: latency of new messages comes first
+POLL_SHARE = 0.5                 # status polls use at most this share of bsg.rate
 POLL_SCHEDULE = (5, 15, 60, 300, 900, 3600)          # seconds after sending, then hourly
 GIVE_UP_POLLING = timedelta(hours=73)                # SMS validity is at most 72 h
 
@@ -42,6 +43,7 @@ class Dispatcher:
         self.client: BsgClient | None = None
         self.busy = False
         self._exchanges: list = []
+        self._next_poll_slot = 0.0
         from engine.daemon import Pulse
         self.poll_wake = Pulse()
 
@@ -253,6 +255,7 @@ class Dispatcher:
     async def _fetch_status(self, item: dict, out: dict, limiter: trio.CapacityLimiter) -> None:
         """Ask BSG for one message's status (None: not known yet, or BSG unreachable)."""
         async with limiter:
+            await self._poll_pace()
             try:
                 if item["channel"] == "sms":
                     out[item["id"]] = await self.client.sms_status(item["reference"])
@@ -261,6 +264,16 @@ class Dispatcher:
             except BsgError as exc:
                 log.debug("status of %s: %s", item["reference"], exc)
                 out[item["id"]] = None
+
+    async def _poll_pace(self) -> None:
+        """Space status polls to POLL_SHARE of the BSG rate, so they never starve sends
+        that share the client's rate cap (one poll is one request; a send carries 50)."""
+        interval = 1.0 / max(self.daemon.config.bsg.rate * POLL_SHARE, 0.1)
+        now = trio.current_time()
+        slot = max(now, self._next_poll_slot)
+        self._next_poll_slot = slot + interval
+        if slot > now:
+            await trio.sleep(slot - now)
 
     def _apply_statuses(self, items: Sequence[dict], statuses: dict) -> bool:
         """Record a round of polls in one transaction; True when some message became final."""
