@@ -44,6 +44,7 @@ own (table and column names, and the field names it extracts).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import codecs
 import hashlib
 import json
@@ -519,7 +520,7 @@ def _changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict, bool
 
 # ====================================================================== sources
 
-class _Source:
+class _Source(ABC):
     """What every Bitrix source shares: the Source protocol of connectors.sql."""
 
     name = ""
@@ -554,8 +555,9 @@ class _Source:
             return EMPTY
         return self._query(cursor, limit)
 
+    @abstractmethod
     def _query(self, cursor: str | None, limit: int) -> sa.Executable:
-        raise NotImplementedError
+        """The source's SELECT after `cursor`."""
 
     def key_of(self, row: Mapping[str, Any]) -> str:
         return str(_ident(row["id"]))
@@ -608,9 +610,9 @@ class _SnapshotSource(_Source):
     def cursor_of(self, row: Mapping[str, Any]) -> str:
         return encode_cursor([row["changed_at"], int(row["id"])])
 
+    @abstractmethod
     def state(self, row: Mapping[str, Any]) -> tuple[dict, dict]:
         """(the part compared between polls — {entity: {...}}, the rest of the data)."""
-        raise NotImplementedError
 
     def events(self, row: Mapping[str, Any], snapshot: Mapping[str, Any] | None
                ) -> tuple[list[dict], Mapping[str, Any] | None]:

@@ -7,6 +7,7 @@ explain themselves, so `simulate` and traces can say which part of an `if` was f
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -94,13 +95,14 @@ class Outcome:
     why: str = ""
 
 
-class Expr:
+class Expr(ABC):
     """Base of expression nodes. `evaluate` returns a value; `test` a truth Outcome."""
 
     __slots__ = ()
 
+    @abstractmethod
     def evaluate(self, scope: Scope) -> Any:
-        raise NotImplementedError
+        """The expression's value in `scope`."""
 
     def test(self, scope: Scope) -> Outcome:
         value = self.evaluate(scope)
