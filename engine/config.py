@@ -118,6 +118,12 @@ class BsgConfig:
     api_key: Secret | None = None      # None (absent, or !env unset/empty) → sandbox
     backup: tuple[BackupEndpoint, ...] = ()
     rate: float = DEFAULT_RATE         # requests per second at most
+    callback_secret: Secret | None = None   # None: delivery-report callbacks off (polling only)
+
+    @property
+    def callbacks(self) -> bool:
+        """Delivery reports are accepted at POST /bsg/callback/{callback_secret}."""
+        return self.callback_secret is not None
 
     @property
     def sandbox(self) -> bool:
@@ -705,7 +711,7 @@ class _Reader:
 
     TOP_KEYS = ("store", "rules", "templates", "timezone", "bsg", "senders", "sites",
                 "http", "smtp", "connectors", "directory")
-    BSG_KEYS = ("url", "api_key", "backup", "rate")
+    BSG_KEYS = ("url", "api_key", "backup", "rate", "callback_secret")
     BACKUP_KEYS = ("url", "api_key")
     SENDER_KEYS = ("sms", "viber")
     SITE_KEYS = ("name", "server_name", "email_from", "phone_from", "timezone", "channel",
@@ -767,6 +773,8 @@ class _Reader:
         api_key = self.secret(self.child(node, "api_key"), unset_ok=True)
         rate = self.number(self.child(node, "rate"), DEFAULT_RATE,
                            what="a positive number of requests per second", positive=True)
+        # An unset or empty !env means callbacks are off: Herald polls statuses instead.
+        callback_secret = self.secret(self.child(node, "callback_secret"), unset_ok=True)
         backup: list[BackupEndpoint] = []
         b = self.child(node, "backup")
         if b is not None and b.raw is not None:
@@ -786,7 +794,8 @@ class _Reader:
                         continue
                     backup.append(BackupEndpoint(self.url(u, DEFAULT_BSG_URL),
                                                  self.secret(self.child(item, "api_key"))))
-        return BsgConfig(url=url, api_key=api_key, backup=tuple(backup), rate=rate)
+        return BsgConfig(url=url, api_key=api_key, backup=tuple(backup), rate=rate,
+                         callback_secret=callback_secret)
 
     def senders(self, node: _Val | None) -> Senders:
         if node is None:

@@ -439,7 +439,8 @@ def _secrets_of(config: Config) -> list[str]:
     """Every secret value the config holds, for log redaction (and a URL's password alone)."""
     from engine.config import Secret
 
-    keys = [config.bsg.api_key, *(b.api_key for b in config.bsg.backup), *config.http.tokens]
+    keys = [config.bsg.api_key, *(b.api_key for b in config.bsg.backup), *config.http.tokens,
+            config.bsg.callback_secret]
     if config.smtp is not None:
         keys.append(config.smtp.password)
     if config.directory is not None:

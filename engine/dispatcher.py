@@ -16,7 +16,8 @@ from typing import Sequence
 
 import trio
 
-from engine.bsg import BsgClient, BsgError, BsgUnavailable, Kind, SendResult, SmsItem, Status, ViberItem
+from engine.bsg import (BsgClient, BsgError, BsgUnavailable, Kind, SendResult, SmsItem, Status, ViberItem,
+                        parse_status)
 from engine.events import Event
 from engine.store import OutboxRow
 
@@ -29,6 +30,11 @@ POLL_CONCURRENCY = 4             # polls yield to sends: latency of new messages
 POLL_SHARE = 0.5                 # status polls use at most this share of bsg.rate
 POLL_SCHEDULE = (5, 15, 60, 300, 900, 3600)          # seconds after sending, then hourly
 GIVE_UP_POLLING = timedelta(hours=73)                # SMS validity is at most 72 h
+# With delivery reports on (bsg.callback_secret), BSG's callback is the main path to a
+# final status and polling only the fallback for reports that got lost: the first poll
+# waits this long (most messages are final by then, so it costs no request), and the
+# schedule continues from there (15 min, then hourly) until GIVE_UP_POLLING.
+RECEIPT_FALLBACK_POLL = 600
 
 
 def backoff(attempts: int, base: float = 5.0, cap: float = 600.0) -> float:
@@ -109,7 +115,8 @@ class Dispatcher:
             if status is None:
                 await self.daemon.db(self._requeue, row, "", 0.0)      # BSG never got it: send it now
             else:
-                await self.daemon.db(self._mark_sent_from_status, row, status)
+                if await self.daemon.db(self._mark_sent_from_status, row, status):
+                    self.daemon.events_wake.set()
         self.daemon.dispatch_wake.set()
 
     async def _lookup(self, row: OutboxRow) -> Status | None:
@@ -165,7 +172,8 @@ class Dispatcher:
             # retry of something it did take gets 23/43 and is looked up, not resent)
             log.warning("BSG unavailable: %s; unanswered messages will be retried", exc)
             results = list(exc.results) or [SendResult(r.reference, Kind.RETRY, description=str(exc)) for r in rows]
-        await self.daemon.db(self._apply_results, rows, results)
+        if await self.daemon.db(self._apply_results, rows, results):
+            self.daemon.events_wake.set()
         self.poll_wake.set()
         duplicates = [(row, res) for row, res in zip(rows, results) if res.kind == Kind.DUPLICATE]
         for row, _ in duplicates:
@@ -174,7 +182,8 @@ class Dispatcher:
             except BsgError:
                 status = None
             if status is not None:
-                await self.daemon.db(self._mark_sent_from_status, row, status)
+                if await self.daemon.db(self._mark_sent_from_status, row, status):
+                    self.daemon.events_wake.set()
             else:
                 await self.daemon.db(self._requeue, row, "BSG reported the reference as used but has no such "
                                                          "message; retrying", backoff(row.attempts))
@@ -213,22 +222,85 @@ class Dispatcher:
             self.store.update_message(row.id, state="queued", reason=reason, error_code=code,
                                       next_attempt_at=self.now().timestamp() + backoff(row.attempts))
 
-    def _apply_results(self, rows: Sequence[OutboxRow], results: Sequence[SendResult]) -> None:
+    def _first_poll_delay(self) -> float:
+        return RECEIPT_FALLBACK_POLL if self.daemon.config.bsg.callbacks else POLL_SCHEDULE[0]
+
+    def _apply_results(self, rows: Sequence[OutboxRow], results: Sequence[SendResult]) -> bool:
+        """Record send results; True when an early delivery report made a message final."""
         now = self.now().timestamp()
+        final = False
         with self.store.transaction():
             for row, result in zip(rows, results):
                 if result.kind == Kind.OK:
                     self.store.update_message(row.id, state="sent", reason="", bsg_id=result.id,
                                               price=result.price, currency=result.currency, sent_at=now,
-                                              next_poll_at=now + POLL_SCHEDULE[0], error_code=None)
+                                              next_poll_at=now + self._first_poll_delay(), error_code=None)
+                    final |= self._apply_pending_receipts(row.id, row.reference, result.id)
                 elif result.kind != Kind.DUPLICATE:
                     self._after_failure(row, result.kind, result.code, result.description)
+        return final
 
-    def _mark_sent_from_status(self, row: OutboxRow, status: Status) -> None:
+    def _mark_sent_from_status(self, row: OutboxRow, status: Status) -> bool:
+        """True when an early delivery report made the message final."""
         now = self.now().timestamp()
-        self.store.update_message(row.id, state="sent", bsg_id=status.id, bsg_status=status.status,
-                                  reason="BSG already had this reference", sent_at=now,
-                                  next_poll_at=now, price=status.price, currency=status.currency)
+        with self.store.transaction():
+            self.store.update_message(row.id, state="sent", bsg_id=status.id, bsg_status=status.status,
+                                      reason="BSG already had this reference", sent_at=now,
+                                      next_poll_at=now, price=status.price, currency=status.currency)
+            return self._apply_pending_receipts(row.id, row.reference, status.id)
+
+    # ---- delivery reports (BSG callbacks; in the database thread) ----
+    def apply_receipts(self, bodies: Sequence[dict]) -> tuple[dict, bool]:
+        """Apply delivery reports (BSG's status shape) in one transaction. Returns the
+        counts {"applied", "pending", "unknown"} and whether a message became final.
+
+        applied: its message is sent (or already final: a repeat changes nothing);
+        pending: its message is not sent yet — kept, applied when the send is recorded;
+        unknown: no message matches. An id-only report is kept too, in case the send that
+        gets that id is not committed yet; one with an unknown reference is dropped
+        (references are written with the message, before any send)."""
+        counts = {"applied": 0, "pending": 0, "unknown": 0}
+        final = False
+        with self.store.transaction():
+            for body in bodies:
+                status = parse_status(body)
+                row = self.store.message_for_receipt(status.reference, status.id)
+                if row is None:
+                    counts["unknown"] += 1
+                    if not status.reference and status.id:
+                        self.store.add_receipt(None, status.id, status.status, body)
+                elif row["state"] in ("queued", "deferred", "sending"):
+                    counts["pending"] += 1
+                    self.store.add_receipt(row["reference"], status.id, status.status, body)
+                else:
+                    counts["applied"] += 1
+                    final |= self._apply_receipt(row, status)
+        return counts, final
+
+    def _apply_pending_receipts(self, message_id: int, reference: str, bsg_id: str | None) -> bool:
+        """Apply the reports that came before the send was recorded (message now `sent`)."""
+        pending = self.store.pending_receipts(reference, bsg_id)
+        if not pending:
+            return False
+        final = False
+        for receipt in pending:
+            row = self.store.message_for_receipt(reference, None)
+            final |= self._apply_receipt(row, parse_status(receipt["body"]))
+        self.store.mark_receipts_applied(r["id"] for r in pending)
+        return final
+
+    def _apply_receipt(self, row: dict, status: Status) -> bool:
+        """One report for a sent message: a final one ends it exactly like a final poll
+        (one event); a pending one only records BSG's status. Nothing changes for a
+        message already final, so a repeated report is harmless."""
+        if row["state"] != "sent":
+            return False
+        if status.final and all(a.final for a in status.alt_route):
+            return self._apply_status(row, status)
+        # not final yet (or a Viber failure whose fallback SMS is still on its way):
+        # polling, later reports, or the fallback's report will finish it
+        self.store.update_message(row["id"], bsg_status=status.status)
+        return False
 
     # ---- delivery statuses ----
     async def _poll_loop(self) -> None:
@@ -284,7 +356,8 @@ class Dispatcher:
         """True when the message reached a final state (an event was journaled)."""
         now = self.now().timestamp()
         sent_at = item["sent_at"] or now
-        if status is None or not status.final:
+        # a failed Viber whose SMS fallback is still on its way is not final yet
+        if status is None or not status.final or any(not a.final for a in status.alt_route):
             age = now - sent_at
             if age > GIVE_UP_POLLING.total_seconds():
                 self.store.update_message(item["id"], state="failed", reason="no final status from BSG within 73 h")

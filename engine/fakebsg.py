@@ -20,7 +20,9 @@ API keys are checked but never logged, echoed or listed.
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
+import logging
 from collections import deque
 import math
 import re
@@ -111,6 +113,9 @@ OUTCOMES: dict[str, dict[str, str | None]] = {
 # Viber final statuses after which an `alt_route` SMS is sent.
 FALLBACK_ON = frozenset({"not_viber_user", "expired", "undeliverable"})
 
+_FINAL = frozenset({"delivered", "read", "expired", "undeliverable", "rejected", "failed", "deleted",
+                    "not_viber_user"})
+
 FAULT_MODES = ("down", "5xx", "slow", "429", "error")
 
 _SMS_LIMITS = {GSM7: 765}          # GSM-7 septets; UCS-2 code units below
@@ -128,6 +133,11 @@ _ALPHA_SENDER = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ._&-]{1,11}")
 # Marks requests that arrived over a real socket (set by `serve`), so "down" can
 # drop the connection instead of raising into an in-process client.
 _SOCKET_SCOPE_KEY = "herald.fakebsg.socket"
+
+CALLBACK_TICK = 0.05            # seconds between looks for newly final messages (serve)
+_CALLBACK_POSTS = 16            # delivery reports in flight at most
+
+log = logging.getLogger("herald.fakebsg")
 
 
 class _Reject(Exception):
@@ -260,6 +270,7 @@ class FakeBSG:
         sms_senders: set[str] | None = None,
         response_style: str | Iterable[str] = "nested",
         max_batch: int = 50,
+        callback_url: str | None = None,
     ):
         self._api_keys = frozenset(api_keys) if api_keys is not None else None
         self._initial_balance = _money(balance)
@@ -271,6 +282,7 @@ class FakeBSG:
         self.viber_senders = frozenset(viber_senders) if viber_senders is not None else None
         self.sms_senders = frozenset(sms_senders) if sms_senders is not None else None
         self.max_batch = max_batch
+        self.callback_url = callback_url or None
         self._initial_style = response_style
         self.response_style = response_style
         self.reset()
@@ -307,6 +319,9 @@ class FakeBSG:
         self._fault: Fault | None = None
         self._seq = 0
         self._task_seq = 0
+        # delivery reports still to post: a heap of (due, seq, message id), so each
+        # tick costs O(newly final) rather than a scan of every message
+        self._callbacks: list[tuple[float, int, str]] = []
         self._mono0 = self.clock()
         self._wall0 = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -374,16 +389,56 @@ class FakeBSG:
         """Send the alt-route SMS of every Viber message that has failed by now."""
         now = self.now()
         for m in list(self._messages.values()):
-            if (m.channel == "viber" and m.alt_route and m.fallback_id is None
-                    and m.outcome in FALLBACK_ON and now - m.created >= self.delivery_delay):
-                text = m.alt_route["text"]
-                parts = max(1, analyze(text).parts)
-                sms = self._add(
-                    "sms", m.msisdn, None, m.alt_route["originator"], text,
-                    self.sms_price * parts, created=m.created + self.delivery_delay, parts=parts,
-                )
-                sms.fallback_for = m.id
-                m.fallback_id = sms.id
+            self._fallback(m, now)
+
+    def _fallback(self, m: _Message, now: float) -> None:
+        """Send `m`'s alt-route SMS if it is a Viber message that has failed by `now`."""
+        if (m.channel == "viber" and m.alt_route and m.fallback_id is None
+                and m.outcome in FALLBACK_ON and now - m.created >= self.delivery_delay):
+            text = m.alt_route["text"]
+            parts = max(1, analyze(text).parts)
+            sms = self._add(
+                "sms", m.msisdn, None, m.alt_route["originator"], text,
+                self.sms_price * parts, created=m.created + self.delivery_delay, parts=parts,
+            )
+            sms.fallback_for = m.id
+            m.fallback_id = sms.id
+
+    # -- delivery reports (callback_url) --------------------------------------
+
+    def _schedule_callback(self, m: _Message) -> None:
+        """Queue `m`'s delivery report for when it (and its alt-route SMS) is final."""
+        if not self.callback_url or m.reference is None or m.outcome is None:
+            return
+        due = m.created + self.delivery_delay
+        if m.channel == "viber" and m.alt_route and m.outcome in FALLBACK_ON:
+            tail = m.msisdn[-2:]
+            if (OUTCOMES[tail]["sms"] if tail in OUTCOMES else "delivered") is None:
+                return                                  # the fallback SMS never becomes final
+            due += self.delivery_delay                  # report once the fallback is final too
+        heapq.heappush(self._callbacks, (due, int(m.id), m.id))
+
+    def due_callbacks(self) -> list[dict]:
+        """Status JSON of every message that became final since the last call (each once)."""
+        now = self.now()
+        out: list[dict] = []
+        later: list[tuple[float, int, str]] = []
+        while self._callbacks and self._callbacks[0][0] <= now:
+            entry = heapq.heappop(self._callbacks)
+            m = self._messages.get(entry[2])
+            if m is None:
+                continue
+            self._fallback(m, now)
+            body = self._status_json(m)
+            alt = body.get("alt_route") or []
+            if body["status"] != m.outcome or any(a["status"] not in _FINAL for a in alt) or (
+                    m.channel == "viber" and m.alt_route and m.outcome in FALLBACK_ON and not alt):
+                later.append((now + 0.001, entry[1], entry[2]))     # clock rounding: not quite final yet
+                continue
+            out.append(self.render(body))
+        for entry in later:
+            heapq.heappush(self._callbacks, entry)
+        return out
 
     def _add(self, channel: str, msisdn: str, reference: str | None, sender: str, text: str,
              price: Decimal, *, created: float | None = None, parts: int = 1,
@@ -397,6 +452,7 @@ class FakeBSG:
         if reference is not None:
             self._refs[channel][reference] = m.id
         self.balance -= price
+        self._schedule_callback(m)
         return m
 
     # -- validation ----------------------------------------------------------
@@ -1094,6 +1150,32 @@ async def serve(fake: FakeBSG | None = None, host: str = "127.0.0.1", port: int 
         ))
         # hypercorn reports "http://HOST:PORT" per socket after listen(), from getsockname().
         task_status.started(int(binds[0].rsplit(":", 1)[1]))
+        if app.state.fake.callback_url:
+            nursery.start_soon(_callback_ticker, app.state.fake)
+
+
+async def _callback_ticker(fake: FakeBSG) -> None:
+    """Post each newly final message's status to `fake.callback_url` once, best effort:
+    a failed post is logged and dropped (Herald's polling is the fallback)."""
+    limiter = trio.CapacityLimiter(_CALLBACK_POSTS)
+    async with httpx.AsyncClient(timeout=5.0) as client, trio.open_nursery() as posts:
+        while True:
+            await trio.sleep(CALLBACK_TICK)
+            if not fake.callback_url:
+                continue
+            for body in fake.due_callbacks():
+                posts.start_soon(_post_callback, client, fake.callback_url, body, limiter)
+
+
+async def _post_callback(client: httpx.AsyncClient, url: str, body: dict, limiter: trio.CapacityLimiter) -> None:
+    async with limiter:
+        try:
+            response = await client.post(url, json=body)
+        except httpx.HTTPError as exc:
+            log.warning("delivery report for %s not posted: %s", body.get("reference"), exc)
+            return
+    if response.status_code >= 300:
+        log.warning("delivery report for %s: HTTP %d", body.get("reference"), response.status_code)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -1118,12 +1200,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="registered Viber sender (repeatable; default AdvInform and BSG)")
     parser.add_argument("--response-style", default="nested",
                         help="nested | flat, optionally +strings (default nested)")
+    parser.add_argument("--callback-url", metavar="URL",
+                        help="POST each message's final status here once (delivery reports), "
+                             "e.g. http://127.0.0.1:8780/bsg/callback/SECRET")
     args = parser.parse_args(argv)
     try:
         fake = FakeBSG(
             api_keys=set(args.api_keys) if args.api_keys else None,
             balance=args.balance, currency=args.currency,
             delivery_delay=args.delivery_delay, response_style=args.response_style,
+            callback_url=args.callback_url,
             **({"viber_senders": set(args.viber_senders)} if args.viber_senders else {}),
         )
     except ValueError as exc:

@@ -146,6 +146,25 @@ def create_app(daemon) -> Starlette:
         return JSONResponse({"amount": str(result.amount), "currency": result.currency,
                              "limit": str(result.limit) if result.limit is not None else None})
 
+    async def bsg_callback(request: Request):
+        # BSG's delivery reports. No bearer token (BSG cannot send one): the secret in the
+        # path is the credential, compared in constant time; a wrong one gets the same 404
+        # as any unknown path, so the endpoint cannot be discovered.
+        secret = daemon.config.bsg.callback_secret
+        given = request.path_params["secret"].encode()
+        if (secret is None or not hmac.compare_digest(given, secret.reveal().encode())
+                or request.method != "POST"):
+            return JSONResponse({"error": f"no such endpoint: {request.method} {request.url.path}"},
+                                status_code=404)
+        if daemon.stopping.is_set() or daemon.dispatcher is None:
+            raise ApiError(503, "herald is not ready for delivery reports; send again in a moment")
+        payload = await _json_body(request, daemon.config.http.max_body)
+        bodies = _receipts(payload)
+        counts, final = await daemon.db(daemon.dispatcher.apply_receipts, bodies)
+        if final:
+            daemon.events_wake.set()
+        return JSONResponse(counts)
+
     async def reload(request: Request):
         ok, errors = await daemon.reload()
         body = {"reloaded": ok, "rules": len(daemon.project.rules), "errors": errors}
@@ -163,8 +182,36 @@ def create_app(daemon) -> Starlette:
         Route("/messages/{id}", endpoint(get_message), methods=["GET"]),
         Route("/balance", endpoint(balance), methods=["GET"]),
         Route("/reload", endpoint(reload), methods=["POST"]),
+        Route("/bsg/callback/{secret}", endpoint(bsg_callback, auth=False),
+              methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),       # any other method: 404 too
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+
+def _receipts(payload: Any) -> list[dict]:
+    """BSG delivery reports: one status object or a list; each needs a `status` and a
+    `reference` or `id` (BSG-API.md "Not documented by BSG": the status shape)."""
+    single = isinstance(payload, dict)
+    items = [payload] if single else payload
+    if not isinstance(items, list):
+        raise ApiError(400, "expected a status object or a list of them", "")
+    for i, item in enumerate(items):
+        at = "" if single else f"/{i}"
+        if not isinstance(item, dict):
+            raise ApiError(400, "expected a status object", at)
+        status = item.get("status")
+        if not isinstance(status, str) or not status.strip():
+            raise ApiError(400, "expected a status (a string, e.g. \"delivered\")", f"{at}/status")
+        for key in ("reference", "id"):
+            value = item.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+                raise ApiError(400, f"{key} must be a string", f"{at}/{key}")
+        if item.get("reference") in (None, "") and item.get("id") in (None, ""):
+            raise ApiError(400, "a status needs its reference (or BSG's id)", f"{at}/reference")
+        alt = item.get("alt_route")
+        if alt is not None and not isinstance(alt, (list, dict)):
+            raise ApiError(400, "alt_route must be a list of {channel, id, status, price}", f"{at}/alt_route")
+    return items
 
 
 def _next_query(q, last_id: int) -> str:

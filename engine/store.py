@@ -124,6 +124,19 @@ MIGRATIONS: list[tuple[str, str]] = [
                                 data TEXT NOT NULL, updated_at REAL NOT NULL,
                                 PRIMARY KEY (connector, source, key));
     """),
+    # BSG delivery reports (POST /bsg/callback/...) that could not be applied when they
+    # came: the message was not yet recorded as sent (the report raced the send's commit),
+    # or only an id was given that no message has yet. Applied when the send is recorded.
+    ("0006_receipts", """
+        CREATE TABLE receipts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            reference TEXT, bsg_id TEXT, status TEXT NOT NULL,
+            body TEXT NOT NULL, received_at REAL NOT NULL, applied_at REAL
+        );
+        CREATE INDEX receipts_reference ON receipts(reference) WHERE applied_at IS NULL;
+        CREATE INDEX receipts_bsg_id ON receipts(bsg_id) WHERE applied_at IS NULL;
+        CREATE INDEX outbox_bsg_id ON outbox(bsg_id);
+    """),
 ]
 
 
@@ -422,6 +435,41 @@ class Store:
         with self._lock:
             row = self._execute("SELECT MIN(COALESCE(next_poll_at, 0)) FROM outbox WHERE state = 'sent'").fetchone()
         return from_epoch(row[0]) if row and row[0] is not None else None
+
+    # ---- delivery receipts (BSG callbacks) ----
+    def message_for_receipt(self, reference: str | None, bsg_id: str | None) -> dict | None:
+        """The message a delivery report is about: by reference, else by BSG id."""
+        columns = "id, reference, channel, state, sent_at, bsg_id"
+        with self._lock:
+            if reference:
+                row = self._execute(f"SELECT {columns} FROM outbox WHERE reference = ?", (reference,)).fetchone()
+            elif bsg_id:
+                row = self._execute(f"SELECT {columns} FROM outbox WHERE bsg_id = ? ORDER BY id DESC LIMIT 1",
+                                    (bsg_id,)).fetchone()
+            else:
+                row = None
+        return dict(row) if row else None
+
+    def add_receipt(self, reference: str | None, bsg_id: str | None, status: str, body: Mapping) -> int:
+        """Keep a delivery report for later (its message is not sent yet)."""
+        with self._lock:
+            cur = self._execute("INSERT INTO receipts (reference, bsg_id, status, body, received_at)"
+                                " VALUES (?, ?, ?, ?, ?)", (reference, bsg_id, status, _json(body), _now()))
+            return cur.lastrowid
+
+    def pending_receipts(self, reference: str, bsg_id: str | None) -> list[dict]:
+        """Unapplied reports for a message, by its reference or (id-only reports) its BSG id; oldest first."""
+        with self._lock:
+            rows = self._execute(
+                "SELECT id, body FROM receipts WHERE applied_at IS NULL AND reference = ? "
+                "UNION SELECT id, body FROM receipts WHERE applied_at IS NULL AND reference IS NULL "
+                "AND bsg_id = ? ORDER BY id", (reference, bsg_id or "")).fetchall()
+        return [{"id": r[0], "body": json.loads(r[1])} for r in rows]
+
+    def mark_receipts_applied(self, ids: Iterable[int]) -> None:
+        now = _now()
+        with self._lock:
+            self._conn.executemany("UPDATE receipts SET applied_at = ? WHERE id = ?", [(now, i) for i in ids])
 
     # ---- exchanges (traces of BSG calls; keys are never stored) ----
     def add_exchange(self, endpoint: str, method: str, path: str, request: Any, status: int | None,

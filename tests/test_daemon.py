@@ -274,3 +274,17 @@ async def test_manual_send_keeps_the_window_unless_now(tmp_path, monkeypatch):
         await wait_for(lambda: _async(len(fake.messages()) == 1))
         assert fake.messages()[0]["msisdn"] == "79007654322"
         assert [m["to"] for m in await _messages(client, "deferred")] == ["+79007654321"]
+
+
+async def test_omni_not_viber_user_is_delivered_by_the_sms_fallback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    import engine.dispatcher as dispatcher
+    monkeypatch.setattr(dispatcher, "POLL_SCHEDULE", (0.3, 0.6, 1, 2, 3, 5))
+    rules = 'on order.created send omni to customer.phone text "hi"\n'
+    async with running(tmp_path, rules, fake=FakeBSG(delivery_delay=0.3)) as (daemon, client, fake):
+        # numbers ending in 01 are not Viber users at the fake: the SMS fallback delivers
+        await client.post("/events", json={"type": "order.created", "data": {"order": {"id": 1},
+                                                                           "customer": {"phone": "+79001112201"}}})
+        (m,) = await wait_for(lambda: _messages(client, "delivered"))
+        assert m["bsg_status"] == "not_viber_user" and m["sms_bsg_id"]
+        assert await _messages(client, "failed") == []
