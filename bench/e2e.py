@@ -61,12 +61,12 @@ LATENCY_BASE = 9_000_000     # phase 2 numbers start here (phase 1 counts up fro
 
 # =========================================================================== the fake BSG child
 
-def fake_server(port: int, delivery_delay: float, stock: bool = False) -> int:
+def fake_server(port: int, delivery_delay: float, stock: bool = False, callback_url: str | None = None) -> int:
     """`--fake-server PORT`: the fake BSG plus receipt stamping, until SIGTERM."""
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
-    from engine.fakebsg import FALLBACK_ON, FakeBSG, analyze, create_app
+    from engine.fakebsg import FALLBACK_ON, FakeBSG, _callback_ticker, analyze, create_app
 
     class BenchFake(FakeBSG):
         """FakeBSG whose `advance()` looks only at Viber messages that may still need their
@@ -102,7 +102,8 @@ def fake_server(port: int, delivery_delay: float, stock: bool = False) -> int:
             self._fallbacks = waiting
 
     # a balance that never runs out (the default 100 covers 5,000 SMS, then error 8)
-    fake = (FakeBSG if stock else BenchFake)(delivery_delay=delivery_delay, balance="1000000000")
+    fake = (FakeBSG if stock else BenchFake)(delivery_delay=delivery_delay, balance="1000000000",
+                                             callback_url=callback_url)
     app = create_app(fake)
     receipts: list[list] = []                 # [msisdn, time.time() of arrival], accepted ones only
     requests: Counter = Counter()
@@ -201,6 +202,8 @@ def fake_server(port: int, delivery_delay: float, stock: bool = False) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: hypercorn_serve(
                 recorder, config, shutdown_trigger=shutdown.wait, mode="asgi", task_status=task_status))
+            if fake.callback_url:              # delivery receipts to Herald, as engine.fakebsg.serve does
+                nursery.start_soon(_callback_ticker, fake)
             print(f"fake BSG (bench) on 127.0.0.1:{port}", flush=True)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
@@ -244,7 +247,10 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
         proc.wait(timeout=5)
 
 
-def write_project(root: Path, api_port: int, bsg_port: int) -> Path:
+CALLBACK_SECRET = "benchreceipts0123456789"
+
+
+def write_project(root: Path, api_port: int, bsg_port: int, receipts: bool = True) -> Path:
     (root / "rules").mkdir(parents=True, exist_ok=True)
     (root / "rules" / "main.rules").write_text(RULE, encoding="utf-8")
     (root / "rules" / "templates.yaml").write_text('unused: "x"\n', encoding="utf-8")
@@ -254,6 +260,7 @@ bsg:
   url: http://127.0.0.1:{bsg_port}
   api_key: bench_key
   rate: 1000
+{"  callback_secret: " + CALLBACK_SECRET if receipts else ""}
 sites:
   s1:
     name: Shop
@@ -277,6 +284,7 @@ class Stack:
     profile_dir: Path | None = None
     stock_fake: bool = False
     no_polls: bool = False
+    receipts: bool = False
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="herald-e2e-")))
     fake: subprocess.Popen | None = None
     daemon: subprocess.Popen | None = None
@@ -288,12 +296,14 @@ class Stack:
         bsg_port, api_port = free_port(), free_port()
         self.bsg, self.api = f"http://127.0.0.1:{bsg_port}", f"http://127.0.0.1:{api_port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        callback = ["--callback-url", f"{self.api}/bsg/callback/{CALLBACK_SECRET}"] if self.receipts else []
         self.fake = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--fake-server", str(bsg_port),
-             "--delivery-delay", str(self.delivery_delay), *(["--stock-fake"] if self.stock_fake else [])],
+             "--delivery-delay", str(self.delivery_delay), *(["--stock-fake"] if self.stock_fake else []),
+             *callback],
             cwd=ROOT, env=env, stdout=open(self.tmp / "fake.log", "w"), stderr=subprocess.STDOUT)
         wait_http(f"{self.bsg}/_bench/health", self.fake)
-        config = write_project(self.tmp, api_port, bsg_port)
+        config = write_project(self.tmp, api_port, bsg_port, self.receipts)
         if self.no_polls:   # experiment: the first status poll 24 h after sending (launcher only, no engine edit)
             launch = ["-c", "import sys, engine.dispatcher as d; d.POLL_SCHEDULE = (86400,) + d.POLL_SCHEDULE[1:]; "
                             "from engine.cli import main; sys.exit(main(sys.argv[1:]))"]
@@ -344,8 +354,8 @@ class Stack:
 
 @contextmanager
 def stack(delivery_delay: float, profile_dir: Path | None = None, stock_fake: bool = False,
-          no_polls: bool = False):
-    s = Stack(delivery_delay, profile_dir, stock_fake, no_polls)
+          no_polls: bool = False, receipts: bool = False):
+    s = Stack(delivery_delay, profile_dir, stock_fake, no_polls, receipts)
     try:
         yield s.start()
     except BaseException:
@@ -881,10 +891,14 @@ def main(argv=None) -> int:
     p.add_argument("--no-polls", action="store_true",
                    help="experiment: start the daemon with its first delivery-status poll 24 h after sending, "
                         "to see what polling costs (figures are then not the product's)")
+    p.add_argument("--receipts", action="store_true",
+                   help="delivery-report callbacks on (bsg.callback_secret; the fake POSTs one receipt per message) "
+                        "instead of status polling, the product default")
     p.add_argument("--fake-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--callback-url", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.fake_server is not None:
-        return fake_server(args.fake_server, args.delivery_delay, args.stock_fake)
+        return fake_server(args.fake_server, args.delivery_delay, args.stock_fake, args.callback_url)
 
     phases = set(args.phases.split(","))
     seconds = 10.0 if args.quick else args.seconds
@@ -910,7 +924,7 @@ def main(argv=None) -> int:
         for batch, conc in combos:
             print(f"== phase 1a: throughput, as fast as the API takes it (batch {batch}, {conc} posters, "
                   f"{seconds:g} s) ==")
-            with stack(args.delivery_delay, args.profile, args.stock_fake, args.no_polls) as s:
+            with stack(args.delivery_delay, args.profile, args.stock_fake, args.no_polls, args.receipts) as s:
                 r = trio.run(throughput, s, batch, conc, seconds, slice_s, profile)
             runs.append(r)
             failed |= bool(r.lost or r.dup)
@@ -929,7 +943,7 @@ def main(argv=None) -> int:
     if "1b" in phases:
         print(f"== phase 1b: sustained, paced at {args.sustained_rate:g} events/s (batch {args.batch}, "
               f"{seconds:g} s, fresh daemon) ==")
-        with stack(args.delivery_delay, args.profile, args.stock_fake, args.no_polls) as s:
+        with stack(args.delivery_delay, args.profile, args.stock_fake, args.no_polls, args.receipts) as s:
             t1b = trio.run(paced, s, args.sustained_rate, args.batch, seconds, slice_s,
                            f"phase1b-r{args.sustained_rate:g}", profile)
         failed |= bool(t1b.lost or t1b.dup)
@@ -943,7 +957,7 @@ def main(argv=None) -> int:
             print(f"== phase 2: latency at {args.latency_rate:g} events/s, {batch} event(s) per POST "
                   f"({lat_seconds:g} s, fresh daemon) ==")
             label = f"phase2-r{args.latency_rate:g}-b{batch}"
-            with stack(args.delivery_delay, args.profile, args.stock_fake, args.no_polls) as s:
+            with stack(args.delivery_delay, args.profile, args.stock_fake, args.no_polls, args.receipts) as s:
                 r = trio.run(paced, s, args.latency_rate, batch, lat_seconds, 2.0 if args.quick else 5.0,
                              label, profile)
             t2.append(r)
