@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ import trio
 
 from connectors.base import ConnectorContext
 from connectors.options import number as _number, what as _what
-from engine.config import ConnectorConfig, Secret, reveal
-from engine.errors import ConfigError, Diagnostic, EventError, Location, did_you_mean
+from engine.config import ConnectorConfig, reveal
+from engine.errors import ConfigError, Diagnostic, EventError, did_you_mean
 
 log = logging.getLogger("herald.connectors.spool")
 

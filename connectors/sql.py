@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 from urllib.parse import quote, quote_plus
 
 import sqlalchemy as sa
@@ -69,7 +69,7 @@ from sqlalchemy.engine import URL, make_url
 
 from connectors.base import ConnectorContext
 from connectors.options import number as _number, what as _what
-from engine.config import ConnectorConfig, Secret, reveal
+from engine.config import ConnectorConfig, reveal
 from engine.errors import ConfigError, Diagnostic, EventError, Location, did_you_mean
 
 log = logging.getLogger("herald.connectors.sql")

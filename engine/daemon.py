@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
@@ -31,7 +29,7 @@ from engine.evaluate import Delayed, Evaluator, PlannedMessage, RuleRun
 from engine.events import Event, parse_event
 from engine.loader import Project, load_project
 from engine.store import Store
-from grammar.model import Rule, ScheduleTrigger
+from grammar.model import Rule
 
 log = logging.getLogger("herald")
 

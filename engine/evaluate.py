@@ -9,8 +9,8 @@ memory here and in SQLite in the daemon. Every rule run leaves a readable trace.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Iterable, Mapping, Protocol
+from datetime import datetime
+from typing import Any, Mapping, Protocol
 from zoneinfo import ZoneInfo
 
 from engine.config import Site
@@ -23,7 +23,7 @@ from engine.segments import analyze
 from engine.templates import MacroSource, render
 from engine.translit import to_latin
 from grammar.model import (
-    ChangeTrigger, EventTrigger, Rule, ScheduleTrigger, Send, StateTrigger, Subscribe,
+    ChangeTrigger, EventTrigger, Rule, Send, StateTrigger, Subscribe,
     format_duration, index_key,
 )
 

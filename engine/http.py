@@ -12,7 +12,6 @@ import hmac
 import ipaddress
 import json
 import logging
-from datetime import datetime
 from typing import Any
 
 import trio

@@ -8,10 +8,9 @@ keeps the rules that were running.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from engine.config import Config, load_config
 from engine.errors import Diagnostic, Location, RulesError, did_you_mean, display_path

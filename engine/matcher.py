@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from grammar.model import (
     And, ChangeTrigger, Compare, EventTrigger, In, Literal, PathRef, Rule, ScheduleTrigger,
-    StateTrigger, as_number, index_key, values_equal,
+    as_number, index_key, values_equal,
 )
 from engine.events import Event, EventScope, lookup
 

@@ -20,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path as FsPath
 from typing import Any, Iterable
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from engine.errors import Diagnostic, Location, did_you_mean

@@ -64,3 +64,31 @@ def start_daemon(config: Path, *, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "-c", str(config)],
                             cwd=config.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+@asynccontextmanager
+async def fake_bsg(delivery_delay: float = 0.2, *, fake=None, **options):
+    """A fake BSG (`fake`, or a new one) served over real HTTP on loopback: yields
+    (fake, its base URL)."""
+    from engine.fakebsg import FakeBSG, serve
+
+    fake = fake or FakeBSG(delivery_delay=delivery_delay, **options)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve, fake, "127.0.0.1", 0)
+        yield fake, f"http://127.0.0.1:{port}"
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def herald(config_path: Path, **daemon_options):
+    """A real daemon in-process until the block ends (then stopped like at shutdown):
+    yields (daemon, an httpx client on its API)."""
+    from engine.config import load_config
+    from engine.daemon import Daemon
+
+    daemon = Daemon(load_config(config_path), **daemon_options)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(daemon.run)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            yield daemon, client
+        nursery.cancel_scope.cancel()

@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 from ruamel.yaml import YAML
@@ -27,12 +25,11 @@ from ruamel.yaml import YAML
 from connectors.bitrix import DEFAULT_SOURCES
 from connectors.sql import SqlConnector
 from engine.config import ConnectorConfig, Secret, load_config
-from engine.daemon import Daemon
 from engine.errors import ConfigError
 from engine.events import parse_event
-from engine.fakebsg import FakeBSG, serve
+from engine.fakebsg import FakeBSG
 from tests.bitrix_schema import BitrixShop
-from tests.daemon_helpers import free_port
+from tests.daemon_helpers import fake_bsg, free_port, herald
 from tests.sqlservers import db_url, mariadb_url, postgres_url, sqlite_url  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,23 +209,6 @@ def expect(to: str, template: str, **values: str) -> tuple[str, str, str]:
     return (to, *render(template, **values))
 
 
-@asynccontextmanager
-async def fake_bsg():
-    fake = FakeBSG(delivery_delay=0.1)
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve, fake, "127.0.0.1", 0)
-        yield fake, f"http://127.0.0.1:{port}"
-        nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def herald(config_path: Path):
-    daemon = Daemon(load_config(config_path))
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(daemon.run)
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            yield daemon, client
-        nursery.cancel_scope.cancel()
 
 
 async def until(predicate, timeout: float = 10.0):
@@ -256,7 +236,7 @@ async def test_sale_mails_become_the_shipped_messages_across_a_restart(maria, tm
     shop.shipment(2, 101, status="DN")
     order_101 = {"ORDER_ID": "101", "ORDER_REAL_ID": "101", "EMAIL": "ivan@example.com"}
     expected = []
-    async with fake_bsg() as (fake, bsg_url):
+    async with fake_bsg(0.1) as (fake, bsg_url):
         config = project(tmp_path, bsg_url, "{charset: utf-8, site: {s1: s1}}", batch=2)
         async with herald(config) as (daemon, client):
             await until(lambda: daemon.connectors["shop"].alive)
@@ -313,7 +293,7 @@ async def test_order_and_shipment_snapshots_become_the_shipped_messages(maria, t
     customers(shop)
     shop.order(200, user_id=1, price="10", phone="8 900 765-43-21")   # there before the first start
     expected = []
-    async with fake_bsg() as (fake, bsg_url):
+    async with fake_bsg(0.1) as (fake, bsg_url):
         config = project(tmp_path, bsg_url, "{sources: [orders, shipments]}")
         async with herald(config) as (daemon, client):
             await until(lambda: daemon.connectors["shop"].alive)

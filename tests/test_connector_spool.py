@@ -9,7 +9,6 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 
@@ -18,8 +17,7 @@ from connectors.spool import CURSOR_KEY, SpoolConnector
 from engine.config import ConnectorConfig, load_config
 from engine.daemon import Daemon
 from engine.errors import ConfigError
-from engine.fakebsg import FakeBSG, serve
-from tests.daemon_helpers import ROOT, free_port, start_daemon, write_project
+from tests.daemon_helpers import ROOT, fake_bsg, free_port, herald, start_daemon, write_project
 
 CARD = 'on order.status == "shipped" send omni to customer.phone using "shipped" between 00:00-24:00\n'
 
@@ -312,16 +310,10 @@ SPOOL = "connectors:\n  - type: spool\n    name: inbox\n    path: spool\n    int
 
 @asynccontextmanager
 async def running(tmp_path: Path, extra: str = SPOOL):
-    fake = FakeBSG(delivery_delay=0.2)
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve, fake, "127.0.0.1", 0)
-        config_path = write_project(tmp_path, CARD, port=free_port(), bsg_url=f"http://127.0.0.1:{port}",
-                                    extra=extra)
-        daemon = Daemon(load_config(config_path))
-        url = await nursery.start(daemon.run)
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with fake_bsg() as (fake, url):
+        config_path = write_project(tmp_path, CARD, port=free_port(), bsg_url=url, extra=extra)
+        async with herald(config_path) as (daemon, client):
             yield daemon, client, fake
-        nursery.cancel_scope.cancel()
 
 
 async def eventually(predicate, timeout: float = 10.0):

@@ -5,28 +5,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import textwrap
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
 import trio
 
 import connectors
 from connectors import sql as sqlmod
-from connectors.sql import (DELETE, MappedSource, SqlConnector, decode_cursor, encode_cursor, json_value)
+from connectors.sql import (MappedSource, SqlConnector, decode_cursor, encode_cursor, json_value)
 from engine.config import ConnectorConfig, Secret, load_config
 from engine.daemon import Daemon
 from engine.errors import ConfigError
 from engine.events import parse_event
-from engine.fakebsg import FakeBSG, serve
-from tests.daemon_helpers import free_port, write_project
+from tests.daemon_helpers import fake_bsg, free_port, herald, write_project
 from tests.sqlservers import db_url, dialect_of, mariadb_url, postgres_url, sqlite_url  # noqa: F401 (fixtures)
 
 T0 = datetime(2024, 5, 19, 14, 3, 11)
@@ -175,24 +171,6 @@ def phone(n: int) -> str:
     return f"+7900{n:07d}"
 
 
-@asynccontextmanager
-async def fake_bsg():
-    fake = FakeBSG(delivery_delay=0.2)
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve, fake, "127.0.0.1", 0)
-        yield fake, f"http://127.0.0.1:{port}"
-        nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def herald(config_path: Path):
-    """A real daemon in-process until the block ends (then stopped like at shutdown)."""
-    daemon = Daemon(load_config(config_path))
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(daemon.run)
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            yield daemon, client
-        nursery.cancel_scope.cancel()
 
 
 async def until(predicate, timeout: float = 10.0):

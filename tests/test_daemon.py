@@ -5,13 +5,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 import trio
 
 from engine.config import load_config
 from engine.daemon import Daemon
 from engine.fakebsg import FakeBSG, serve
-from tests.daemon_helpers import free_port, write_project
+from tests.daemon_helpers import fake_bsg, free_port, herald, write_project
 
 CARD = 'on order.status == "shipped" send omni to customer.phone using "shipped" between 00:00-24:00\n'
 EVENT = {"type": "order.updated", "site": "s1", "id": "evt-123",
@@ -22,16 +21,11 @@ EVENT = {"type": "order.updated", "site": "s1", "id": "evt-123",
 
 @asynccontextmanager
 async def running(tmp_path: Path, rules: str = CARD, *, extra: str = "", fake: FakeBSG | None = None, **kw):
-    fake = fake or FakeBSG(delivery_delay=0.2)
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve, fake, "127.0.0.1", 0)
-        config_path = write_project(tmp_path, rules, port=free_port(), bsg_url=f"http://127.0.0.1:{port}",
-                                    extra=extra, **kw)
-        daemon = Daemon(load_config(config_path))
-        url = await nursery.start(daemon.run)
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    """A fake BSG and a daemon configured for it: yields (daemon, API client, fake)."""
+    async with fake_bsg(fake=fake) as (fake, url):
+        config_path = write_project(tmp_path, rules, port=free_port(), bsg_url=url, extra=extra, **kw)
+        async with herald(config_path) as (daemon, client):
             yield daemon, client, fake
-        nursery.cancel_scope.cancel()
 
 
 async def wait_for(predicate, timeout: float = 10.0):
@@ -235,7 +229,7 @@ class ManualClock:
 
 async def test_deferred_message_goes_when_the_window_opens_on_a_virtual_clock(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    from datetime import datetime, timedelta
+    from datetime import datetime
     from zoneinfo import ZoneInfo
     msk = ZoneInfo("Europe/Moscow")
     clock = ManualClock(datetime(2026, 11, 27, 23, 0, tzinfo=msk))

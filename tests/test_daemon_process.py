@@ -13,7 +13,6 @@ import time
 from collections import Counter
 
 import httpx
-import pytest
 
 from tests.daemon_helpers import ROOT, free_port, start_daemon, wait_http, write_project
 
