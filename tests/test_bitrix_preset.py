@@ -147,7 +147,7 @@ def project(tmp_path: Path, bsg_url: str, bitrix: str, *, batch: int = 500) -> P
     config = f"""\
 store: var/herald.db
 rules: rules/
-templates: rules/templates.yaml
+templates: rules/templates/
 timezone: Europe/Moscow
 bsg: {{url: "{bsg_url}", api_key: test_key, rate: 1000}}
 senders: {{sms: [testsms], viber: [AdvInform]}}
@@ -179,7 +179,7 @@ connectors:
 
 
 def templates() -> dict:
-    return YAML(typ="safe").load((ROOT / "rules" / "templates.yaml").read_text(encoding="utf-8"))
+    return YAML(typ="safe").load((ROOT / "rules" / "templates" / "orders.yaml").read_text(encoding="utf-8"))
 
 
 def render(name: str, **values: str) -> tuple[str, str]:
