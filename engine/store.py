@@ -635,6 +635,11 @@ class Store:
             rows = self._execute(f"SELECT * FROM alert_mails{where} ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [self._alert_mail(r) for r in rows]
 
+    def alert_mail_backlog(self) -> int:
+        """How many alert mails wait for the SMTP server."""
+        with self._lock:
+            return self._execute("SELECT COUNT(*) FROM alert_mails WHERE sent_at IS NULL").fetchone()[0]
+
     @staticmethod
     def _alert_mail(row: sqlite3.Row) -> dict:
         mail = dict(row)
