@@ -160,7 +160,10 @@ class ViberItem:
 class SendResult:
     """What became of one item. `code` is BSG's error code (0 when BSG gave none);
     `http_status` is the HTTP status of the request (None: no answer);
-    `unavailable` is True when BSG could not be reached (network error, timeout)."""
+    `unavailable` is True when BSG could not be reached (network error, timeout);
+    `uncertain` is True when BSG may have taken the item although no success came back
+    (a timeout or a dropped connection after the request was sent, HTTP 5xx, an answer
+    that is not JSON): the reference must be looked up there before sending it anywhere else."""
 
     reference: str
     kind: Kind
@@ -171,6 +174,7 @@ class SendResult:
     description: str = ""
     http_status: int | None = None
     unavailable: bool = False
+    uncertain: bool = False
 
     @property
     def ok(self) -> bool:
@@ -253,9 +257,12 @@ class BsgUnavailable(BsgError):
     RETRY. From a send, `.results` holds one SendResult per item given (the requests
     made before the failure keep their real results; the rest are RETRY)."""
 
-    def __init__(self, message: str, *, results: Sequence[SendResult] = ()):
+    def __init__(self, message: str, *, results: Sequence[SendResult] = (), reached: bool = True):
         super().__init__(message, kind=Kind.RETRY, description=message)
         self.results: list[SendResult] = list(results)
+        # False only when the request certainly never reached BSG (connection refused,
+        # no route, DNS): then nothing it carried can have been taken
+        self.reached = reached
 
 
 # --------------------------------------------------------------------------- helpers
@@ -510,12 +517,13 @@ class BsgClient:
             message = (f"BSG {self.name} unreachable ({type(exc).__name__}: {detail}) "
                        f"on {method} {path}")
             log.warning(message)
-            raise BsgUnavailable(message) from exc
+            raise BsgUnavailable(message, reached=not isinstance(exc, (httpx.ConnectError,
+                                                                        httpx.ConnectTimeout))) from exc
         except OSError as exc:
             self._trace(method, path, payload, None, None, trio.current_time() - started)
             message = f"BSG {self.name} unreachable ({type(exc).__name__}) on {method} {path}"
             log.warning(message)
-            raise BsgUnavailable(message) from exc
+            raise BsgUnavailable(message, reached=not isinstance(exc, ConnectionRefusedError)) from exc
         seconds = trio.current_time() - started
         text = response.text
         try:
@@ -661,11 +669,11 @@ class BsgClient:
             try:
                 answer = await self._exchange("POST", path, payload)
             except BsgUnavailable as exc:
-                for rest, _ in requests[n:]:       # this request and the ones not made
+                for k, (rest, _) in enumerate(requests[n:]):   # this request and the ones not made
                     for i in rest:
-                        results[i] = SendResult(items[i].reference, Kind.RETRY,
-                                                description=str(exc), unavailable=True)
-                raise BsgUnavailable(str(exc), results=results) from exc.__cause__
+                        results[i] = SendResult(items[i].reference, Kind.RETRY, description=str(exc),
+                                                unavailable=True, uncertain=k == 0 and exc.reached)
+                raise BsgUnavailable(str(exc), results=results, reached=exc.reached) from exc.__cause__
             for i, r in zip(indexes, self._results(answer, [items[i].reference for i in indexes])):
                 results[i] = r
         return results  # type: ignore[return-value]  # every slot is filled
@@ -675,19 +683,19 @@ class BsgClient:
         http = answer.status_code
         body = answer.body
 
-        def everyone(kind: Kind, code: int, description: str) -> list[SendResult]:
-            return [SendResult(ref, kind, code=code, description=description, http_status=http)
-                    for ref in references]
+        def everyone(kind: Kind, code: int, description: str, uncertain: bool = False) -> list[SendResult]:
+            return [SendResult(ref, kind, code=code, description=description, http_status=http,
+                               uncertain=uncertain) for ref in references]
 
         if 200 <= http < 300 and not isinstance(body, dict):
             # BSG may have taken it: RETRY is safe (the reference makes it 23 → look-up)
             log.warning("BSG %s: the answer to a send is not a JSON object: %r",
                         self.name, answer.text[:120])
-            return everyone(Kind.RETRY, 0, "BSG's answer is not JSON")
+            return everyone(Kind.RETRY, 0, "BSG's answer is not JSON", uncertain=True)
         if not 200 <= http < 300:
             err = self._failure(answer, "send")
             log.warning("%s", err)
-            return everyone(err.kind, err.code, err.description)
+            return everyone(err.kind, err.code, err.description, uncertain=http >= 500)
 
         # the entries that describe single items; what is left is a top-level error
         raw = body.get("result")
@@ -742,7 +750,7 @@ class BsgClient:
                 for i in missing:
                     out[i] = SendResult(references[i], Kind.RETRY,
                                         description="BSG's answer has no result for this reference",
-                                        http_status=http)
+                                        http_status=http, uncertain=True)
         return out  # type: ignore[return-value]  # every slot is filled
 
     @staticmethod

@@ -32,7 +32,7 @@ from engine.errors import ConfigError, Diagnostic, DiagnosticSink, Location, did
 from engine.windows import WINDOW_FORMAT, SendWindow, parse_window
 
 __all__ = [
-    "Secret", "reveal", "Config", "BsgConfig", "BackupEndpoint", "Senders", "Site",
+    "Secret", "reveal", "Config", "BsgConfig", "BackupEndpoint", "Failover", "Senders", "Site",
     "HttpConfig", "SmtpConfig", "ConnectorConfig", "DirectoryConfig", "load_config", "default_config",
     "CONFIG_FILE", "SECRETS_FILE", "DEFAULT_TIMEZONE", "CHANNELS", "OMNI_MODES",
 ]
@@ -113,12 +113,26 @@ class BackupEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Failover:
+    """`bsg.failover`: when an endpoint counts as down, and when it is tried again."""
+
+    window: float = 60.0               # seconds of request outcomes that count
+    failures: int = 3                  # failed requests in the window before it trips …
+    ratio: float = 0.5                 # … when they are at least this share of its requests
+    probe: float = 30.0                # seconds after tripping before a probe (GET balance)
+    slow_receipts: float | None = None # trip when the median send → final report exceeds this
+
+
+@dataclass(frozen=True, slots=True)
 class BsgConfig:
     url: str = DEFAULT_BSG_URL
     api_key: Secret | None = None      # None (absent, or !env unset/empty) → sandbox
     backup: tuple[BackupEndpoint, ...] = ()
     rate: float = DEFAULT_RATE         # requests per second at most
     callback_secret: Secret | None = None   # None: delivery-report callbacks off (polling only)
+    failover: Failover = Failover()
+    balance_alert: float | None = None # alert the admins when the balance falls under this
+    balance_every: float = 900.0       # seconds between balance reads (provider.balance events)
 
     @property
     def callbacks(self) -> bool:
@@ -153,6 +167,7 @@ class Site:
     admin_email: str = ""
     translit: bool = False
     omni: str = "provider"             # provider: BSG's Viber alt_route; engine: Herald falls back
+    omni_deadline: float = 600.0       # omni: engine — seconds Viber may take before the SMS goes
     language: str = "ru"
 
     @property
@@ -195,6 +210,14 @@ class SmtpConfig:
     username: str | None = None
     password: Secret | None = None
     starttls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Bitrix24Config:
+    """`bitrix24:` — Bitrix24's outbound webhooks on POST /hooks/bitrix24 (docs/bitrix24.md)."""
+
+    application_token: Secret          # the token Bitrix24 gave the webhook; posts must carry it
+    site: str | None = None            # the site its events belong to (None: the default site)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +268,7 @@ class Config:
     connectors: tuple[ConnectorConfig, ...]
     warnings: tuple[Diagnostic, ...] = ()
     directory: DirectoryConfig | None = None   # None: no directory (lookups find no one)
+    bitrix24: Bitrix24Config | None = None     # None: POST /hooks/bitrix24 answers 404
 
     @property
     def default_site(self) -> Site:
@@ -710,16 +734,19 @@ class _Reader:
     # ---- sections
 
     TOP_KEYS = ("store", "rules", "templates", "timezone", "bsg", "senders", "sites",
-                "http", "smtp", "connectors", "directory")
-    BSG_KEYS = ("url", "api_key", "backup", "rate", "callback_secret")
+                "http", "smtp", "connectors", "directory", "bitrix24")
+    BSG_KEYS = ("url", "api_key", "backup", "rate", "callback_secret", "failover", "balance_alert",
+                "balance_every")
+    FAILOVER_KEYS = ("window", "failures", "ratio", "probe", "slow_receipts")
     BACKUP_KEYS = ("url", "api_key")
     SENDER_KEYS = ("sms", "viber")
     SITE_KEYS = ("name", "server_name", "email_from", "phone_from", "timezone", "channel",
                  "sms_sender", "viber_sender", "send_window", "admins", "admin_email",
-                 "translit", "omni", "language")
+                 "translit", "omni", "omni_deadline", "language")
     HTTP_KEYS = ("listen", "tokens", "max_body")
     SMTP_KEYS = ("host", "port", "from", "username", "password", "starttls")
     DIRECTORY_KEYS = ("file", "bitrix", "ttl", "groups")
+    BITRIX24_KEYS = ("application_token", "site")
 
     def build(self, data: Any, path: Path | None) -> Config:
         root = _Val(data, Location(self.file, 1, 1), "")
@@ -743,6 +770,7 @@ class _Reader:
         smtp = self.smtp(self.section(root, "smtp"))
         connectors = self.connectors(self.child(root, "connectors"))
         directory = self.directory(self.section(root, "directory"))
+        bitrix24 = self.bitrix24(self.section(root, "bitrix24"), sites)
 
         if self.sink.has_errors:
             raise ConfigError(self.sink.items)
@@ -750,6 +778,7 @@ class _Reader:
             path=path, base_dir=self.base_dir, store=store, rules=rules, templates=templates,
             timezone=tz, bsg=bsg, senders=senders, sites=sites, http=http,
             smtp=smtp, connectors=connectors, warnings=tuple(self.sink.items), directory=directory,
+            bitrix24=bitrix24,
         )
 
     def url(self, v: _Val | None, default: str) -> str:
@@ -794,8 +823,45 @@ class _Reader:
                         continue
                     backup.append(BackupEndpoint(self.url(u, DEFAULT_BSG_URL),
                                                  self.secret(self.child(item, "api_key"))))
+        balance_alert = self.number(self.child(node, "balance_alert"), None,
+                                    what="an amount in the account's currency")
+        balance_every = self.duration(self.child(node, "balance_every"), 900.0)
         return BsgConfig(url=url, api_key=api_key, backup=tuple(backup), rate=rate,
-                         callback_secret=callback_secret)
+                         callback_secret=callback_secret, failover=self.failover(self.child(node, "failover")),
+                         balance_alert=balance_alert, balance_every=balance_every)
+
+    def failover(self, node: _Val | None) -> Failover:
+        if node is None or node.raw is None:
+            return Failover()
+        if not isinstance(node.raw, CommentedMap):
+            self.error(f"{node.path}: expected window:, failures:, ratio:, probe:, got {_what(node.raw)}", node.loc)
+            return Failover()
+        self.check_keys(node, self.FAILOVER_KEYS, "bsg.failover")
+        c = lambda key: self.child(node, key)  # noqa: E731
+        slow = c("slow_receipts")
+        return Failover(
+            window=self.duration(c("window"), 60.0),
+            failures=self.number(c("failures"), 3, what="a whole number of failed requests", integer=True,
+                                 positive=True),
+            ratio=self.number(c("ratio"), 0.5, what="a share between 0 and 1", positive=True, maximum=1),
+            probe=self.duration(c("probe"), 30.0),
+            slow_receipts=self.duration(slow, 0.0) or None if slow is not None else None,
+        )
+
+    def duration(self, v: _Val | None, default: float) -> float:
+        """Seconds, from a number of seconds or a duration like `90s`, `10m`, `1h`."""
+        if v is None:
+            return default
+        raw, origin = self.resolve(v)
+        if raw is _MISSING or raw is None:
+            return default
+        if isinstance(raw, (int, float)) and not _is_bool(raw) and raw > 0:
+            return float(raw)
+        if isinstance(raw, str) and re.fullmatch(r"(\d+(ms|s|m|h|d|w))+", raw.strip()):
+            from grammar.compiler import parse_duration
+            return parse_duration(raw.strip()).total_seconds()
+        self.error(f"{v.path}: expected a duration such as 30s, 10m or 1h, got {self.what(raw, origin)}", v.loc)
+        return default
 
     def senders(self, node: _Val | None) -> Senders:
         if node is None:
@@ -899,6 +965,7 @@ class _Reader:
             admin_email=self.email(c("admin_email"), ""),
             translit=self.boolean(c("translit"), False),
             omni=self.choice(c("omni"), "provider", OMNI_MODES, "an omni mode (provider or engine)"),
+            omni_deadline=self.duration(c("omni_deadline"), 600.0),
             language=self.language(c("language")),
         )
 
@@ -1025,6 +1092,24 @@ class _Reader:
             password=self.secret(self.child(node, "password")),
             starttls=self.boolean(self.child(node, "starttls"), False),
         )
+
+    def bitrix24(self, node: _Val | None, sites: Mapping[str, Site]) -> Bitrix24Config | None:
+        """`bitrix24: {application_token: !env B24_TOKEN, site: s1}`."""
+        if node is None:
+            return None
+        self.check_keys(node, self.BITRIX24_KEYS, "bitrix24")
+        t = self.child(node, "application_token")
+        reported = len(self.sink.items)
+        token = self.secret(t)
+        if token is None and len(self.sink.items) == reported:   # absent or empty, not already reported
+            self.error("bitrix24: application_token is required", (t.loc if t else node.key_loc or node.loc),
+                       "e.g. application_token: !env B24_TOKEN (the token Bitrix24 shows for the webhook)")
+        s = self.child(node, "site")
+        site = self.string(s, "", what="a site id", allow_empty=False) or None if s is not None else None
+        if site is not None and sites and site not in sites:
+            self.error(f'bitrix24.site: unknown site "{site}"', s.loc,
+                       did_you_mean(site, tuple(sites)) or "configured sites: " + ", ".join(sites))
+        return Bitrix24Config(application_token=token, site=site) if token is not None else None
 
     def directory(self, node: _Val | None) -> DirectoryConfig | None:
         """`directory: {file: people.yaml}` or `directory: {bitrix: URL, ttl:, groups:}`."""

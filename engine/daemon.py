@@ -255,8 +255,17 @@ class Daemon:
             site=site, channel=m.channel, to_phone=m.to, state=state, send_at=m.send_at, kind=kind,
             event_id=m.event_id or None, rule_id=m.rule_id or None, firing_id=firing_id, recipient=m.recipient,
             copy=m.copy, sender=m.sender, text=m.text, sms_sender=m.sms_sender, sms_text=m.sms_text,
-            encoding=m.encoding, parts=m.parts, template=m.template, reason=m.reason, stale_at=m.stale_at)
+            encoding=m.encoding, parts=m.parts, template=m.template, reason=m.reason, stale_at=m.stale_at,
+            **self._omni_options(m.channel, site, m.fallback_after))
         return message_id
+
+    def _omni_options(self, channel: str, site_id: str, fallback_after: float | None) -> dict:
+        """How an omni message falls back, fixed when it is written (a reload that changes
+        the site's `omni` does not change messages already queued)."""
+        if channel != "omni":
+            return {}
+        site = self.config.sites.get(site_id) or next(iter(self.config.sites.values()))
+        return {"omni": site.omni, "fallback_after": fallback_after or site.omni_deadline}
 
     # ---- timers (`after`) ----
     async def _timers(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:

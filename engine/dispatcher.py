@@ -1,28 +1,45 @@
 """The dispatcher: due messages out to BSG, answers and statuses back into the outbox.
 
-Each message is claimed (`sending`, attempt counted) in a committed transaction before
-its BSG call, and carries the BSG reference it got when it was written. So after a
-crash a `sending` message is resolved by asking BSG for that reference — sent if BSG
-has it, queued again if not — and never sent twice.
+Guarantees (docs/delivery.md):
+
+- Exactly once. Each message is claimed (`sending`, attempt counted) and its endpoint
+  recorded in committed transactions before its BSG call, and it carries the BSG
+  reference it got when it was written. After a crash a `sending` message is resolved
+  by asking that endpoint for the reference — sent if it has it, queued again if not.
+- One endpoint per message. When an attempt's outcome is unknown (a timeout or a
+  dropped connection after the request went out, HTTP 5xx), the message remembers the
+  endpoint (`uncertain_at`); before it may go anywhere else, the reference is looked up
+  there. A refused connection is certain: nothing was sent, the message moves on at once.
+- Health routing. New traffic goes to the first healthy endpoint in priority order
+  (engine/endpoints.py); a tripped endpoint is probed and gets traffic back when well.
+  With every endpoint down, messages wait queued — without spending attempts.
+- Omni owned by Herald (`omni: engine`): Viber first, without BSG's alt_route; the SMS
+  (the template's SMS variant, its own reference) goes when Viber fails finally or has
+  no final status by the deadline. A Viber report after that is recorded on the message
+  (a double delivery is counted) and triggers nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
+from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Sequence
 
 import trio
 
 from engine.bsg import (BsgClient, BsgError, BsgUnavailable, Kind, SendResult, SmsItem, Status, ViberItem,
-                        parse_status)
+                        describe, parse_status)
+from engine.endpoints import Endpoint, Router
 from engine.events import Event
 from engine.store import OutboxRow
 
 log = logging.getLogger("herald.dispatch")
 
-MAX_ATTEMPTS = 8
+MAX_ATTEMPTS = 8                 # answered retryable errors (5, 11, 429) before a message fails
 BATCH = 500                      # claimed per round; sent as concurrent requests of ≤ 50
 REQUEST_SIZE = 50
 POLL_CONCURRENCY = 4             # polls yield to sends: latency of new messages comes first
@@ -34,6 +51,8 @@ GIVE_UP_POLLING = timedelta(hours=73)                # SMS validity is at most 7
 # waits this long (most messages are final by then, so it costs no request), and the
 # schedule continues from there (15 min, then hourly) until GIVE_UP_POLLING.
 RECEIPT_FALLBACK_POLL = 600
+OPERATOR_ALERT_CODES = (1, 2, 6, 8, 9)               # the admin must act: one alert e-mail each
+LOOKUP_CONCURRENCY = 8
 
 
 def backoff(attempts: int, base: float = 5.0, cap: float = 600.0) -> float:
@@ -42,12 +61,18 @@ def backoff(attempts: int, base: float = 5.0, cap: float = 600.0) -> float:
     return delay * random.uniform(0.75, 1.25)
 
 
+def _endpoint_failure(result: SendResult) -> bool:
+    """The endpoint, not the message, is at fault: no answer, or HTTP 5xx."""
+    return result.unavailable or (result.http_status or 0) >= 500
+
+
 class Dispatcher:
     def __init__(self, daemon):
         self.daemon = daemon
-        self.client: BsgClient | None = None
+        self.router: Router | None = None
         self.busy = False
         self._exchanges: list = []
+        self._latencies: list[tuple[str, float]] = []   # (endpoint, seconds) from delivery reports
         self._next_poll_slot = 0.0
         from engine.daemon import Pulse
         self.poll_wake = Pulse()
@@ -56,37 +81,67 @@ class Dispatcher:
     def store(self):
         return self.daemon.store
 
+    @property
+    def alerter(self):
+        return getattr(self.daemon, "alerter", None)
+
+    @property
+    def client(self) -> BsgClient | None:
+        """The client new traffic would use (the main one when every endpoint is down)."""
+        if self.router is None:
+            return None
+        return (self.router.pick() or self.router.endpoints[0]).client
+
     def now(self) -> datetime:
         return self.daemon.clock.now()
 
+    def ts(self) -> float:
+        return self.now().timestamp()
+
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        bsg = self.daemon.config.bsg
         async with trio.open_nursery() as nursery:
-            url, key = await self._endpoint(nursery)
-            async with BsgClient(url, key, rate=self.daemon.config.bsg.rate,
-                                 transport=self.daemon.bsg_transport,
-                                 on_exchange=self._record_exchange) as client:
-                self.client = client
+            specs = await self._endpoint_specs(nursery)
+            async with AsyncExitStack() as stack:
+                endpoints = []
+                for name, url, key, transport in specs:
+                    client = BsgClient(url, key, rate=bsg.rate, transport=transport, name=name,
+                                       on_exchange=partial(self._record_exchange, name))
+                    await stack.enter_async_context(client)
+                    endpoints.append(Endpoint(name, client, bsg.failover))
+                self.router = Router(endpoints)
                 await self._recover()
                 nursery.start_soon(self._send_loop)
                 nursery.start_soon(self._poll_loop)
+                nursery.start_soon(self._probe_loop)
+                nursery.start_soon(self._balance_loop)
                 task_status.started()
                 await trio.sleep_forever()
 
-    async def _endpoint(self, nursery: trio.Nursery) -> tuple[str, object]:
+    async def _endpoint_specs(self, nursery: trio.Nursery) -> list[tuple]:
+        """(name, url, key, transport) per endpoint, main first; in sandbox mode the
+        built-in fake BSG is the only one."""
         bsg = self.daemon.config.bsg
+        transports = getattr(self.daemon, "backup_transports", {}) or {}
         if not bsg.sandbox or self.daemon.bsg_transport is not None:
-            return bsg.url, bsg.api_key or "sandbox"
+            specs = [("main", bsg.url, bsg.api_key or "sandbox", self.daemon.bsg_transport)]
+            for n, b in enumerate(bsg.backup, 1):
+                name = f"backup{n}"
+                specs.append((name, b.url, b.api_key if b.api_key is not None else bsg.api_key,
+                              transports.get(name)))
+            return specs
         from engine.fakebsg import FakeBSG, serve
         port = await nursery.start(serve, FakeBSG(), "127.0.0.1", 0)
         url = f"http://127.0.0.1:{port}"
         self.daemon.sandbox_url = url
         log.warning("sandbox mode: no BSG api_key is configured, so messages go to the built-in fake BSG "
                     "at %s and nothing is really sent", url)
-        return url, "sandbox"
+        return [("main", url, "sandbox", None)]
 
-    def _record_exchange(self, method, path, request, status, response, seconds) -> None:
+    def _record_exchange(self, endpoint, method, path, request, status, response, seconds) -> None:
         # called by the client in the trio thread: kept in memory, written with the next batch
-        self._exchanges.append((method, path, request, status, response, seconds, tuple(_references(request, path))))
+        self._exchanges.append((endpoint, method, path, request, status, response, seconds,
+                                tuple(_references(request, path))))
 
     async def _flush_exchanges(self) -> None:
         pending, self._exchanges = self._exchanges, []
@@ -95,8 +150,8 @@ class Dispatcher:
 
         def write() -> None:
             with self.store.transaction():
-                for method, path, request, status, response, seconds, refs in pending:
-                    self.store.add_exchange("main", method, path, request, status, response, seconds, refs)
+                for endpoint, method, path, request, status, response, seconds, refs in pending:
+                    self.store.add_exchange(endpoint, method, path, request, status, response, seconds, refs)
         await self.daemon.db(write)
 
     # ---- recovery after a crash ----
@@ -105,23 +160,25 @@ class Dispatcher:
         if rows:
             log.info("resolving %d message(s) left in `sending` by their BSG reference", len(rows))
         for row in rows:
+            endpoint = self.router.get(row.endpoint)
             try:
-                status = await self._lookup(row)
+                status = await self._lookup(row, endpoint)
             except BsgError as exc:
-                log.warning("cannot resolve %s yet (%s); retrying later", row.reference, exc)
-                await self.daemon.db(self._requeue, row, "resolving after restart: " + str(exc), 30.0)
+                log.warning("cannot resolve %s at %s yet (%s); it waits for that answer", row.leg_reference,
+                            endpoint.name, exc)
+                await self.daemon.db(self._requeue, row, "resolving after restart: " + str(exc), 30.0,
+                                     endpoint.name)
                 continue
-            if status is None:
-                await self.daemon.db(self._requeue, row, "", 0.0)      # BSG never got it: send it now
-            else:
-                if await self.daemon.db(self._mark_sent_from_status, row, status):
-                    self.daemon.events_wake.set()
+            if status is None:      # that endpoint never got it: send it now
+                await self.daemon.db(self._requeue, row, "", 0.0, None)
+            elif await self.daemon.db(self._mark_sent_from_status, row, status, endpoint.name):
+                self.daemon.events_wake.set()
         self.daemon.dispatch_wake.set()
 
-    async def _lookup(self, row: OutboxRow) -> Status | None:
-        if row.channel == "sms":
-            return await self.client.sms_status(row.reference)
-        return await self.client.viber_status(row.reference)
+    async def _lookup(self, row: OutboxRow, endpoint: Endpoint) -> Status | None:
+        if row.kind == "sms":
+            return await endpoint.client.sms_status(row.leg_reference)
+        return await endpoint.client.viber_status(row.leg_reference)
 
     # ---- sending ----
     async def _send_loop(self) -> None:
@@ -140,113 +197,250 @@ class Dispatcher:
             await self.daemon.dispatch_wake.wait(min(wait, 30.0))
 
     async def _send(self, rows: Sequence[OutboxRow]) -> None:
-        now = self.now().timestamp()
-        live = []
-        expired = []
-        for row in rows:
-            if row.stale_at is not None and now > row.stale_at:
-                expired.append(row)
-            else:
-                live.append(row)
+        now = self.ts()
+        expired = [r for r in rows if r.stale_at is not None and now > r.stale_at]
+        live = [r for r in rows if not (r.stale_at is not None and now > r.stale_at)]
         if expired:
             await self.daemon.db(self._expire, expired)
-        sms = [r for r in live if r.channel == "sms"]
-        viber = [r for r in live if r.channel != "sms"]
+        if not live:
+            return
+        endpoint = self.router.pick()
+        if endpoint is None:
+            await self.daemon.db(self._hold, live)
+            return
+        elsewhere = [r for r in live if r.uncertain_at and r.uncertain_at != endpoint.name]
+        ready = [r for r in live if not (r.uncertain_at and r.uncertain_at != endpoint.name)]
+        if elsewhere:
+            ready += await self._settle_uncertain(elsewhere, endpoint)
+        if not ready:
+            return
+        # the endpoint is committed before the call: recovery asks the right one
+        await self.daemon.db(self._route, ready, endpoint.name)
+        sms = [r for r in ready if r.kind == "sms"]
+        viber = [r for r in ready if r.kind == "viber"]
         # requests go out concurrently; the client's rate cap still spaces them
         async with trio.open_nursery() as nursery:
             for group, is_sms in ((sms, True), (viber, False)):
                 for i in range(0, len(group), REQUEST_SIZE):
-                    nursery.start_soon(self._send_group, group[i:i + REQUEST_SIZE], is_sms)
+                    nursery.start_soon(self._send_group, group[i:i + REQUEST_SIZE], is_sms, endpoint)
 
-    async def _send_group(self, rows: Sequence[OutboxRow], is_sms: bool) -> None:
+    async def _settle_uncertain(self, rows: Sequence[OutboxRow], target: Endpoint) -> list[OutboxRow]:
+        """Messages whose last attempt may have reached another endpoint: look each up
+        there first. Found → it was sent there (recorded); not found → free to go to
+        `target`; no answer → it waits (sending it elsewhere could send it twice)."""
+        free: list[OutboxRow] = []
+        limiter = trio.CapacityLimiter(LOOKUP_CONCURRENCY)
+
+        async def settle(row: OutboxRow) -> None:
+            where = self.router.get(row.uncertain_at)
+            async with limiter:
+                try:
+                    status = await self._lookup(row, where)
+                except BsgError as exc:
+                    await self.daemon.db(self._wait_for_lookup, row, where.name, str(exc))
+                    return
+            if status is None:
+                await self.daemon.db(self._log, row.id, "lookup", "not found", where.name, row,
+                                     f"{where.name} does not have it: sending through {target.name}")
+                free.append(dataclasses.replace(row, uncertain_at=None))
+            elif await self.daemon.db(self._mark_sent_from_status, row, status, where.name):
+                self.daemon.events_wake.set()
+
+        async with trio.open_nursery() as nursery:
+            for row in rows:
+                nursery.start_soon(settle, row)
+        return free
+
+    async def _send_group(self, rows: Sequence[OutboxRow], is_sms: bool, endpoint: Endpoint) -> None:
+        client = endpoint.client
         try:
             if is_sms:
-                results = await self.client.send_sms(
-                    [SmsItem(r.msisdn, r.sms_text or r.text or "", r.sms_sender or r.sender or "", r.reference)
-                     for r in rows])
+                results = await client.send_sms(
+                    [SmsItem(r.msisdn, r.sms_text or r.text or "", r.sms_sender or r.sender or "",
+                             r.leg_reference) for r in rows])
             else:
-                results = await self.client.send_viber([self._viber_item(r) for r in rows])
+                results = await client.send_viber([self._viber_item(r) for r in rows])
         except BsgUnavailable as exc:
             # BSG became unreachable part-way: keep what it answered, retry the rest (a
             # retry of something it did take gets 23/43 and is looked up, not resent)
-            log.warning("BSG unavailable: %s; unanswered messages will be retried", exc)
-            results = list(exc.results) or [SendResult(r.reference, Kind.RETRY, description=str(exc)) for r in rows]
-        if await self.daemon.db(self._apply_results, rows, results):
+            log.warning("BSG %s unavailable: %s; unanswered messages will be retried", endpoint.name, exc)
+            results = list(exc.results) or [
+                SendResult(r.leg_reference, Kind.RETRY, description=str(exc), unavailable=True,
+                           uncertain=exc.reached) for r in rows]
+        failed = [r for r in results if _endpoint_failure(r)]
+        await self._health(endpoint, endpoint.record(not failed, self.ts(), failed[0].description if failed else ""))
+        if await self.daemon.db(self._apply_results, rows, results, endpoint.name):
             self.daemon.events_wake.set()
         self.poll_wake.set()
-        duplicates = [(row, res) for row, res in zip(rows, results) if res.kind == Kind.DUPLICATE]
-        for row, _ in duplicates:
+        for row, _ in [(row, res) for row, res in zip(rows, results) if res.kind == Kind.DUPLICATE]:
             try:
-                status = await self._lookup(row)
+                status = await self._lookup(row, endpoint)
             except BsgError:
                 status = None
             if status is not None:
-                if await self.daemon.db(self._mark_sent_from_status, row, status):
+                if await self.daemon.db(self._mark_sent_from_status, row, status, endpoint.name):
                     self.daemon.events_wake.set()
             else:
                 await self.daemon.db(self._requeue, row, "BSG reported the reference as used but has no such "
-                                                         "message; retrying", backoff(row.attempts))
+                                                         "message; retrying", backoff(row.attempts), None)
         self.daemon.dispatch_wake.set()
 
     @staticmethod
     def _viber_item(row: OutboxRow) -> ViberItem:
-        omni = row.channel == "omni"
+        alt = row.channel == "omni" and row.omni != "engine"   # provider omni: BSG's alt_route
         return ViberItem(row.msisdn, row.text or "", row.sender or "", row.reference,
-                         alt_sms_originator=row.sms_sender if omni else None,
-                         alt_sms_text=row.sms_text if omni else None)
+                         alt_sms_originator=row.sms_sender if alt else None,
+                         alt_sms_text=row.sms_text if alt else None)
 
     # ---- outcomes (in the database thread) ----
+    def _log(self, message_id: int, what: str, outcome: str, endpoint: str | None = None,
+             row: OutboxRow | dict | None = None, detail: str = "") -> None:
+        leg = reference = None
+        if isinstance(row, OutboxRow):
+            leg, reference = row.kind, row.leg_reference
+        elif isinstance(row, dict):
+            leg = _leg_of(row)
+            reference = row.get("sms_reference") if leg == "sms" and row.get("sms_reference") else row.get("reference")
+        self.store.add_attempt(message_id, what, outcome, endpoint=endpoint, leg=leg, reference=reference,
+                               detail=detail)
+
     def _expire(self, rows: Sequence[OutboxRow]) -> None:
         with self.store.transaction():
             for row in rows:
-                self.store.update_message(row.id, state="expired",
-                                          reason="stale: not handed to BSG before its `stale after` ran out")
+                reason = "stale: not handed to BSG before its `stale after` ran out"
+                self.store.update_message(row.id, state="expired", reason=reason)
+                self._log(row.id, "expire", "expired", None, row, reason)
 
-    def _requeue(self, row: OutboxRow, reason: str, delay: float) -> None:
-        self.store.update_message(row.id, state="queued", reason=reason,
-                                  next_attempt_at=self.now().timestamp() + delay)
+    def _hold(self, rows: Sequence[OutboxRow]) -> None:
+        """Every endpoint is down: the messages wait for a probe to succeed. Not an
+        attempt: an outage of any length never makes a message fail."""
+        wake = self.router.next_probe() or (self.ts() + 5)
+        down = "; ".join(f"{e.name}: {e.reason or 'down'}" for e in self.router.endpoints)
+        with self.store.transaction():
+            for row in rows:
+                self.store.update_message(row.id, state="queued", attempts=max(row.attempts - 1, 0),
+                                          next_attempt_at=max(wake, self.ts() + 1),
+                                          reason=f"every BSG endpoint is down ({down}); waiting for one to recover")
 
-    def _after_failure(self, row: OutboxRow, kind: Kind, code: int | None, text: str) -> None:
-        reason = f"BSG error {code}: {text}" if code else text
+    def _route(self, rows: Sequence[OutboxRow], endpoint: str) -> None:
+        with self.store.transaction():
+            for row in rows:
+                self.store.update_message(row.id, endpoint=endpoint, uncertain_at=row.uncertain_at)
+
+    def _wait_for_lookup(self, row: OutboxRow, where: str, error: str) -> None:
+        with self.store.transaction():
+            self.store.update_message(
+                row.id, state="queued", attempts=max(row.attempts - 1, 0),
+                next_attempt_at=self.ts() + max(self.daemon.config.bsg.failover.probe, 5.0),
+                reason=f"the last attempt's outcome at {where} is unknown; waiting for {where} to answer "
+                       f"a lookup before sending anywhere else (so it is never sent twice)")
+            self._log(row.id, "lookup", "no answer", where, row, error)
+
+    def _requeue(self, row: OutboxRow, reason: str, delay: float, uncertain_at: str | None) -> None:
+        self.store.update_message(row.id, state="queued", reason=reason, uncertain_at=uncertain_at,
+                                  next_attempt_at=self.ts() + delay)
+
+    def _after_failure(self, row: OutboxRow, result: SendResult, endpoint: str) -> None:
+        kind, code = result.kind, result.code or None
+        reason = f"BSG error {code}: {result.description}" if code else result.description
+        uncertain = endpoint if result.uncertain else None
+        self._log(row.id, "send", "unknown" if result.uncertain else str(kind), endpoint, row, reason)
         if kind == Kind.FATAL:
-            self.store.update_message(row.id, state="failed", reason=reason, error_code=code)
+            self.store.update_message(row.id, state="failed", reason=reason, error_code=code, uncertain_at=None)
         elif kind == Kind.OPERATOR:
             # the account needs attention (key, funds, tariff): keep the message, retry slowly
             self.store.update_message(row.id, state="queued", reason=reason + " (waiting for the operator)",
-                                      error_code=code, next_attempt_at=self.now().timestamp() + 300)
+                                      error_code=code, next_attempt_at=self.ts() + 300, uncertain_at=None)
+            if code in OPERATOR_ALERT_CODES:
+                self._operator_alert(code, result.description, endpoint)
+        elif _endpoint_failure(result):
+            # the endpoint's fault, not the message's: it never makes the message fail;
+            # health routing moves traffic away, and a certain miss is rerouted at once
+            tripped = not self.router.get(endpoint).healthy
+            delay = 0.0 if tripped and not uncertain else backoff(row.attempts)
+            self.store.update_message(row.id, state="queued", reason=reason, error_code=code,
+                                      uncertain_at=uncertain, next_attempt_at=self.ts() + delay)
         elif row.attempts >= MAX_ATTEMPTS:
-            self.store.update_message(row.id, state="failed", error_code=code,
+            self.store.update_message(row.id, state="failed", error_code=code, uncertain_at=None,
                                       reason=f"gave up after {row.attempts} attempts; last: {reason}")
         else:
             self.store.update_message(row.id, state="queued", reason=reason, error_code=code,
-                                      next_attempt_at=self.now().timestamp() + backoff(row.attempts))
+                                      uncertain_at=uncertain, next_attempt_at=self.ts() + backoff(row.attempts))
+
+    def _operator_alert(self, code: int, description: str, endpoint: str) -> None:
+        from engine.bsg import OPERATOR_HINTS
+        if self.alerter is None:
+            return
+        words = describe(code)
+        self.alerter.open(
+            f"bsg.error.{code}:{endpoint}", f"BSG ({endpoint}) refuses to send: {words} (error {code})",
+            f"BSG endpoint {endpoint} answers error {code} ({words}"
+            f"{': ' + description if description and description != words else ''}).\n\n"
+            f"What to do: {OPERATOR_HINTS.get(code, 'check the BSG account')}.\n\n"
+            "Meanwhile Herald keeps the affected messages queued and retries them every 5 minutes; "
+            "nothing is lost. You get one more e-mail when sending works again.")
+        self._operator_open.add(endpoint)
+
+    @property
+    def _operator_open(self) -> set:
+        if not hasattr(self, "_operator_endpoints"):
+            self._operator_endpoints = {e.name for e in self.router.endpoints}   # unknown after a restart
+        return self._operator_endpoints
+
+    def _operator_resolved(self, endpoint: str) -> None:
+        if self.alerter is None or endpoint not in self._operator_open:
+            return
+        self._operator_open.discard(endpoint)
+        for code in OPERATOR_ALERT_CODES:
+            self.alerter.resolve(f"bsg.error.{code}:{endpoint}", f"BSG ({endpoint}) sends again",
+                                 f"BSG endpoint {endpoint} accepted messages again; the queued ones are "
+                                 "on their way.")
 
     def _first_poll_delay(self) -> float:
         return RECEIPT_FALLBACK_POLL if self.daemon.config.bsg.callbacks else POLL_SCHEDULE[0]
 
-    def _apply_results(self, rows: Sequence[OutboxRow], results: Sequence[SendResult]) -> bool:
+    def _sent_fields(self, row: OutboxRow, now: float) -> dict:
+        """Columns of a message that BSG just took (the current leg)."""
+        fields = dict(state="sent", reason="", sent_at=now, error_code=None, uncertain_at=None,
+                      next_poll_at=now + self._first_poll_delay())
+        if row.omni == "engine" and row.kind == "viber":
+            fallback_at = now + (row.fallback_after or 600.0)
+            fields["fallback_at"] = fallback_at
+            fields["next_poll_at"] = min(fields["next_poll_at"], fallback_at)
+        return fields
+
+    def _apply_results(self, rows: Sequence[OutboxRow], results: Sequence[SendResult], endpoint: str) -> bool:
         """Record send results; True when an early delivery report made a message final."""
-        now = self.now().timestamp()
+        now = self.ts()
         final = False
         with self.store.transaction():
             for row, result in zip(rows, results):
                 if result.kind == Kind.OK:
-                    self.store.update_message(row.id, state="sent", reason="", bsg_id=result.id,
-                                              price=result.price, currency=result.currency, sent_at=now,
-                                              next_poll_at=now + self._first_poll_delay(), error_code=None)
-                    final |= self._apply_pending_receipts(row.id, row.reference, result.id)
-                elif result.kind != Kind.DUPLICATE:
-                    self._after_failure(row, result.kind, result.code, result.description)
+                    self.store.update_message(row.id, bsg_id=result.id, price=result.price,
+                                              currency=result.currency, endpoint=endpoint,
+                                              **self._sent_fields(row, now))
+                    self._log(row.id, "send", "ok", endpoint, row, f"BSG id {result.id}")
+                    final |= self._apply_pending_receipts(row.id, row.leg_reference, result.id)
+                elif result.kind == Kind.DUPLICATE:
+                    self._log(row.id, "send", "duplicate", endpoint, row,
+                              f"BSG error {result.code}: the reference is already there; looking it up")
+                else:
+                    self._after_failure(row, result, endpoint)
+            if any(r.kind == Kind.OK for r in results):
+                self._operator_resolved(endpoint)
         return final
 
-    def _mark_sent_from_status(self, row: OutboxRow, status: Status) -> bool:
-        """True when an early delivery report made the message final."""
-        now = self.now().timestamp()
+    def _mark_sent_from_status(self, row: OutboxRow, status: Status, endpoint: str) -> bool:
+        """BSG already had the reference: the message is sent there. True when an early
+        delivery report made it final."""
+        now = self.ts()
         with self.store.transaction():
-            self.store.update_message(row.id, state="sent", bsg_id=status.id, bsg_status=status.status,
-                                      reason="BSG already had this reference", sent_at=now,
-                                      next_poll_at=now, price=status.price, currency=status.currency)
-            return self._apply_pending_receipts(row.id, row.reference, status.id)
+            fields = self._sent_fields(row, now)
+            fields.update(reason=f"{endpoint} already had this reference", next_poll_at=now)
+            self.store.update_message(row.id, bsg_id=status.id, bsg_status=status.status, endpoint=endpoint,
+                                      price=status.price, currency=status.currency, **fields)
+            self._log(row.id, "lookup", "found", endpoint, row, f"BSG id {status.id}, status {status.status}")
+            return self._apply_pending_receipts(row.id, row.leg_reference, status.id)
 
     # ---- delivery reports (BSG callbacks; in the database thread) ----
     def apply_receipts(self, bodies: Sequence[dict]) -> tuple[dict, bool]:
@@ -266,11 +460,16 @@ class Dispatcher:
                 row = self.store.message_for_receipt(status.reference, status.id)
                 if row is None:
                     counts["unknown"] += 1
+                    log.info("delivery report for an unknown message (reference %r, id %r): ignored",
+                             status.reference, status.id)
                     if not status.reference and status.id:
                         self.store.add_receipt(None, status.id, status.status, body)
+                elif row.get("omni") == "engine" and row.get("leg") == "sms" and row["receipt_leg"] == "viber":
+                    counts["applied"] += 1
+                    final |= self._late_viber(row, status)
                 elif row["state"] in ("queued", "deferred", "sending"):
                     counts["pending"] += 1
-                    self.store.add_receipt(row["reference"], status.id, status.status, body)
+                    self.store.add_receipt(status.reference or None, status.id, status.status, body)
                 else:
                     counts["applied"] += 1
                     final |= self._apply_receipt(row, status)
@@ -295,16 +494,43 @@ class Dispatcher:
         if row["state"] != "sent":
             return False
         if status.final and all(a.final for a in status.alt_route):
+            if row.get("sent_at") and row.get("endpoint"):
+                self._latencies.append((row["endpoint"], self.ts() - row["sent_at"]))
+            self._log(row["id"], "receipt", status.status, row.get("endpoint"), row, "delivery report")
             return self._apply_status(row, status)
         # not final yet (or a Viber failure whose fallback SMS is still on its way):
         # polling, later reports, or the fallback's report will finish it
         self.store.update_message(row["id"], bsg_status=status.status)
         return False
 
+    def _late_viber(self, row: dict, status: Status) -> bool:
+        """A report on the Viber leg of a message that already fell back to SMS."""
+        message_id = row["id"]
+        if not status.success:
+            self.store.update_message(message_id, viber_status=status.status)
+            self._log(message_id, "receipt", status.status, row.get("endpoint"), {**row, "leg": "viber"},
+                      "late Viber report after the SMS fallback: recorded only")
+            return False
+        if row["state"] in ("queued", "deferred"):
+            # the SMS has not gone yet: Viber made it after all, so the SMS never goes
+            self.store.update_message(message_id, state="delivered", viber_status=status.status,
+                                      reason="Viber delivered before the SMS fallback went out; no SMS sent")
+            self._log(message_id, "receipt", status.status, row.get("endpoint"), {**row, "leg": "viber"},
+                      "Viber delivered late; the queued SMS fallback is cancelled")
+            self._emit_final(row, "delivered", status.status)
+            return True
+        self.store.update_message(message_id, viber_status=status.status, double_delivery=1)
+        self._log(message_id, "receipt", status.status, row.get("endpoint"), {**row, "leg": "viber"},
+                  "late Viber report: Viber delivered after the SMS fallback went out (double delivery)")
+        log.info("message %s: Viber delivered after its SMS fallback went out (counted as a double delivery)",
+                 row["reference"])
+        return False
+
     # ---- delivery statuses ----
     async def _poll_loop(self) -> None:
         limiter = trio.CapacityLimiter(POLL_CONCURRENCY)
         while True:
+            await self._apply_latencies()
             if self.busy:
                 await trio.sleep(0.1)             # a send round is on: statuses can wait
                 continue
@@ -316,6 +542,7 @@ class Dispatcher:
                         nursery.start_soon(self._fetch_status, item, statuses, limiter)
                 if await self.daemon.db(self._apply_statuses, due, statuses):
                     self.daemon.events_wake.set()
+                self.daemon.dispatch_wake.set()   # an omni fallback may be due now
                 await self._flush_exchanges()
                 continue
             nxt = await self.daemon.db(self.store.next_poll_due)
@@ -323,15 +550,24 @@ class Dispatcher:
             await trio.sleep(0.2)                 # let a burst of sends land before the first poll
             await self.poll_wake.wait(min(wait, 30.0))
 
+    async def _apply_latencies(self) -> None:
+        pending, self._latencies = self._latencies, []
+        for name, seconds in pending:
+            endpoint = self.router.by_name.get(name)
+            if endpoint is not None:
+                await self._health(endpoint, endpoint.record_receipt(seconds, self.ts()))
+
     async def _fetch_status(self, item: dict, out: dict, limiter: trio.CapacityLimiter) -> None:
         """Ask BSG for one message's status (None: not known yet, or BSG unreachable)."""
         async with limiter:
             await self._poll_pace()
+            client = self.router.get(item.get("endpoint")).client
             try:
-                if item["channel"] == "sms":
-                    out[item["id"]] = await self.client.sms_status(item["reference"])
+                if _leg_of(item) == "sms":
+                    own = item.get("omni") == "engine" and item.get("sms_reference")
+                    out[item["id"]] = await client.sms_status(item["sms_reference"] if own else item["reference"])
                 else:
-                    out[item["id"]] = await self.client.viber_status(item["reference"])
+                    out[item["id"]] = await client.viber_status(item["reference"])
             except BsgError as exc:
                 log.debug("status of %s: %s", item["reference"], exc)
                 out[item["id"]] = None
@@ -353,43 +589,175 @@ class Dispatcher:
 
     def _apply_status(self, item: dict, status: Status | None) -> bool:
         """True when the message reached a final state (an event was journaled)."""
-        now = self.now().timestamp()
+        now = self.ts()
+        if item.get("omni") == "engine" and item.get("leg") == "viber":
+            if status is not None and status.final and not status.success:
+                return self._fall_back(item, f"Viber: {status.status}", status)
+            fallback_at = item.get("fallback_at")
+            if (status is None or not status.final) and fallback_at is not None and now >= fallback_at:
+                return self._fall_back(item, "no final Viber status by the deadline", status)
         sent_at = item["sent_at"] or now
         # a failed Viber whose SMS fallback is still on its way is not final yet
         if status is None or not status.final or any(not a.final for a in status.alt_route):
             age = now - sent_at
             if age > GIVE_UP_POLLING.total_seconds():
                 self.store.update_message(item["id"], state="failed", reason="no final status from BSG within 73 h")
+                self._log(item["id"], "status", "failed", item.get("endpoint"), item, "no final status within 73 h")
                 self._emit_final(item, "failed", "no final status")
                 return True
             step = sum(1 for s in POLL_SCHEDULE if s <= age)
             delay = POLL_SCHEDULE[step] - age if step < len(POLL_SCHEDULE) else 3600
+            next_poll = now + max(delay, 1)
+            if item.get("omni") == "engine" and item.get("leg") == "viber" and item.get("fallback_at"):
+                next_poll = min(next_poll, max(item["fallback_at"], now + 1))
             self.store.update_message(item["id"], bsg_status=status.status if status else None,
-                                      next_poll_at=now + max(delay, 1))
+                                      next_poll_at=next_poll)
             return False
         delivered = status.success or any(a.status in ("delivered", "read") for a in status.alt_route)
         alt = status.alt_route[0] if status.alt_route else None
         fields = dict(bsg_status=status.status, next_poll_at=None)
         if alt is not None:
             fields["sms_bsg_id"] = alt.id
+        elif _leg_of(item) == "sms" and item.get("omni") == "engine":
+            fields["sms_bsg_id"] = status.id
         if status.price is not None:
             fields["price"] = status.price
-        if delivered:
-            self.store.update_message(item["id"], state="delivered", reason="", **fields)
-            self._emit_final(item, "delivered", status.status)
-        else:
-            self.store.update_message(item["id"], state="failed", reason=f"BSG status: {status.status}", **fields)
-            self._emit_final(item, "failed", status.status)
+        state = "delivered" if delivered else "failed"
+        reason = "" if delivered else f"BSG status: {status.status}"
+        self.store.update_message(item["id"], state=state, reason=reason, **fields)
+        self._log(item["id"], "status", status.status, item.get("endpoint"), item, "final status")
+        self._emit_final(item, state, status.status)
         return True
+
+    def _fall_back(self, item: dict, why: str, status: Status | None) -> bool:
+        """Herald's omni: Viber did not make it, so the SMS leg is queued now."""
+        row = self.store.message_row(item["id"])
+        if row is None or row["state"] != "sent" or row["leg"] != "viber":
+            return False
+        self.store.update_message(
+            item["id"], state="queued", leg="sms", next_attempt_at=self.ts(), attempts=0,
+            viber_status=status.status if status else row["bsg_status"], viber_bsg_id=row["bsg_id"],
+            bsg_id=None, bsg_status=None, next_poll_at=None, sent_at=None, uncertain_at=None,
+            reason=f"falling back to SMS: {why}")
+        self._log(item["id"], "fallback", "sms", row["endpoint"], {**row, "leg": "viber"},
+                  f"{why}; the SMS (reference {row['sms_reference']}) goes now")
+        return False
 
     def _emit_final(self, item: dict, state: str, bsg_status: str) -> None:
         message = self.store.message(item["id"])
         event = Event(f"message.{state}", {"message": {
             "id": message["id"], "status": bsg_status, "channel": message["channel"], "to": message["to"],
             "rule": message["rule"], "event": message["event"], "reference": message["reference"],
-            "price": message["price"], "currency": message["currency"], "reason": message["reason"]}},
+            "price": message["price"], "currency": message["currency"], "reason": message["reason"],
+            "leg": message["leg"] or ("sms" if message["channel"] == "sms" else "viber"),
+            "endpoint": message["endpoint"]}},
             message["site"], f"message:{message['reference']}:{state}", self.now())
         self.store.add_events([event], "herald")
+
+    # ---- endpoint health: probes, provider events, alerts ----
+    async def _health(self, endpoint: Endpoint, change: str | None) -> None:
+        if change is None:
+            return
+        if change == "down":
+            nxt = self.router.pick()
+            log.error("BSG endpoint %s is down: %s; %s", endpoint.name, endpoint.reason,
+                      f"traffic goes to {nxt.name}" if nxt else "messages wait queued until one recovers")
+        else:
+            log.warning("BSG endpoint %s is healthy again; it takes traffic back", endpoint.name)
+        await self.daemon.db(self._provider_event, endpoint, change)
+        self.daemon.events_wake.set()
+        self.daemon.dispatch_wake.set()
+
+    def _provider_event(self, endpoint: Endpoint, change: str) -> None:
+        now = self.now()
+        fallback = self.router.pick()
+        data = {"provider": {"name": endpoint.name, "url": endpoint.client.url, "state": endpoint.state,
+                             "reason": endpoint.reason, "since": now.isoformat(),
+                             "active": fallback.name if fallback else None}}
+        site = next(iter(self.daemon.config.sites))
+        event = Event(f"provider.{change}", data, site, f"provider:{endpoint.name}:{change}:{now.timestamp():.3f}",
+                      now)
+        with self.store.transaction():
+            self.store.add_events([event], "herald")
+            if self.alerter is None:
+                return
+            key = f"provider.down:{endpoint.name}"
+            if change == "down":
+                meanwhile = (f"Meanwhile new messages go through {fallback.name} ({fallback.client.url})."
+                             if fallback else "No endpoint is healthy: messages wait queued; nothing is lost, "
+                                              "and they go as soon as one recovers.")
+                self.alerter.open(key, f"BSG endpoint {endpoint.name} is unreachable",
+                                  f"Herald cannot reach BSG endpoint {endpoint.name} ({endpoint.client.url}): "
+                                  f"{endpoint.reason}.\n\n{meanwhile}\n\nHerald probes it every "
+                                  f"{endpoint.policy.probe:g} s and sends a second e-mail when it is back.\n"
+                                  "What to do: check BSG's status and this server's network.")
+            else:
+                self.alerter.resolve(key, f"BSG endpoint {endpoint.name} is reachable again",
+                                     f"BSG endpoint {endpoint.name} ({endpoint.client.url}) answered a probe; "
+                                     "traffic goes through it again.")
+
+    async def _probe_loop(self) -> None:
+        while True:
+            for endpoint in self.router.endpoints:
+                if endpoint.probe_due(self.ts()):
+                    try:
+                        await endpoint.client.balance()
+                        ok, detail = True, ""
+                    except BsgUnavailable as exc:
+                        ok, detail = False, str(exc)
+                    except BsgError as exc:       # it answered (an account error is not an outage)
+                        ok, detail = exc.http_status is not None and exc.http_status < 500, str(exc)
+                    await self._flush_exchanges()
+                    await self._health(endpoint, endpoint.probe_result(ok, self.ts(), detail))
+            nxt = self.router.next_probe()
+            wait = 30.0 if nxt is None else nxt - self.ts()
+            await trio.sleep(min(max(wait, 0.05), 1.0))    # ≤ 1 s: the clock may be virtual
+
+    async def _balance_loop(self) -> None:
+        bsg = self.daemon.config.bsg
+        next_read = self.ts()
+        while True:
+            if self.ts() >= next_read:
+                next_read = self.ts() + bsg.balance_every
+                endpoint = self.router.pick()
+                if endpoint is not None:
+                    try:
+                        balance = await endpoint.client.balance()
+                    except BsgError as exc:
+                        log.info("balance of %s not read: %s", endpoint.name, exc)
+                    else:
+                        await self.daemon.db(self._balance_event, endpoint.name, balance)
+                        self.daemon.events_wake.set()
+                    await self._flush_exchanges()
+            await trio.sleep(min(max(next_read - self.ts(), 0.05), 5.0))
+
+    def _balance_event(self, endpoint: str, balance) -> None:
+        now = self.now()
+        threshold = self.daemon.config.bsg.balance_alert
+        data = {"provider": {"name": endpoint, "balance": str(balance.amount), "currency": balance.currency,
+                             "threshold": threshold, "low": threshold is not None and balance.amount < threshold}}
+        site = next(iter(self.daemon.config.sites))
+        event = Event("provider.balance", data, site, f"provider:{endpoint}:balance:{now.timestamp():.3f}", now)
+        with self.store.transaction():
+            self.store.add_events([event], "herald")
+            if self.alerter is None or threshold is None:
+                return
+            amount = f"{balance.amount} {balance.currency}".strip()
+            if balance.amount < threshold:
+                self.alerter.open("balance.low", f"BSG balance is low: {amount}",
+                                  f"The BSG account balance ({endpoint}) is {amount}, under the alert "
+                                  f"threshold of {threshold:g} (bsg.balance_alert).\n\nWhat to do: top up the "
+                                  "account; at zero BSG refuses messages (error 8) and they wait queued.")
+            else:
+                self.alerter.resolve("balance.low", f"BSG balance is back over {threshold:g}",
+                                     f"The BSG account balance ({endpoint}) is {amount}.")
+
+
+def _leg_of(item: dict) -> str:
+    """The leg a stored message is on now: sms or viber."""
+    if item.get("channel") == "sms" or (item.get("omni") == "engine" and item.get("leg") == "sms"):
+        return "sms"
+    return "viber"
 
 
 def _references(request, path: str) -> list[str]:

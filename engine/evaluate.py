@@ -76,6 +76,7 @@ class PlannedMessage:
     template: str | None = None
     event_id: str = ""
     stale_at: datetime | None = None    # not handed to BSG by then: expired
+    fallback_after: float | None = None # omni (engine): seconds Viber may take (None: the site's)
 
     def as_json(self) -> dict:
         return {
@@ -258,7 +259,8 @@ class Evaluator:
             seen.add(to)
             stale_at = event.time + send.stale_after if send.stale_after is not None else None
             base = dict(rule_id=rule.id, channel=channel, to=to, recipient=label, copy=is_copy,
-                        template=send.template, event_id=event.id, send_at=send_at, stale_at=stale_at)
+                        template=send.template, event_id=event.id, send_at=send_at, stale_at=stale_at,
+                        fallback_after=send.fallback_after.total_seconds() if send.fallback_after else None)
             if phone is None or not phone.ok:
                 reason = phone.error if phone else f"{label} gives no phone number"
                 out.append(self._message(base, send, site, "", "", status="failed", reason=reason))

@@ -252,6 +252,17 @@ def _check_send(send: Send, types, config: Config, templates: TemplateSet, rule:
             out.append(Diagnostic(f'sender "{send.sender}" is not among the configured senders for '
                                   f'{"/".join(channels)}', send.sender_location, "error",
                                   did_you_mean(send.sender, allowed) or f"senders: {', '.join(sorted(allowed))}"))
+    if send.fallback_after is not None:
+        channels = {send.channel} if send.channel else {s.channel for s in config.sites.values()}
+        engine_omni = any(s.omni == "engine" for s in config.sites.values())
+        if "omni" not in channels:
+            out.append(Diagnostic(f"`fallback after` applies to omni messages only; this one is "
+                                  f"{'/'.join(sorted(channels))}", send.location, "error",
+                                  "write `send omni …`, or remove `fallback after`"))
+        elif not engine_omni:
+            out.append(Diagnostic("`fallback after` has no effect: no site has `omni: engine` (with "
+                                  "`omni: provider` BSG decides when the SMS goes)", send.location, "warning",
+                                  "set `omni: engine` on the site, or remove `fallback after`"))
     for recipient in send.recipients:
         if recipient.kind == "phone":
             phone = normalize_phone(recipient.value)

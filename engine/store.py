@@ -159,6 +159,35 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX alert_mails_due ON alert_mails(next_attempt_at) WHERE sent_at IS NULL;
     """),
+    # Delivery you can trust (docs/delivery.md): which endpoint each attempt went through
+    # and whether its outcome is unknown there (then the reference is looked up on that
+    # endpoint before the message may go anywhere else); Herald's own omni fallback (the
+    # current leg, the SMS leg's own reference, the Viber deadline, a late Viber receipt);
+    # replays; and a per-message timeline of attempts, so history explains every one.
+    ("0008_delivery", """
+        ALTER TABLE outbox ADD COLUMN omni TEXT;            -- engine | provider (omni messages)
+        ALTER TABLE outbox ADD COLUMN leg TEXT;             -- engine omni: viber | sms (current leg)
+        ALTER TABLE outbox ADD COLUMN sms_reference TEXT;   -- engine omni: the SMS leg's reference
+        ALTER TABLE outbox ADD COLUMN fallback_after REAL;  -- engine omni: seconds Viber may take
+        ALTER TABLE outbox ADD COLUMN fallback_at REAL;     -- engine omni: when the SMS goes anyway
+        ALTER TABLE outbox ADD COLUMN viber_status TEXT;    -- engine omni: Viber's status after the fallback
+        ALTER TABLE outbox ADD COLUMN viber_bsg_id TEXT;
+        ALTER TABLE outbox ADD COLUMN double_delivery INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN endpoint TEXT;        -- endpoint of the current/last attempt
+        ALTER TABLE outbox ADD COLUMN uncertain_at TEXT;    -- endpoint that may have taken it
+        ALTER TABLE outbox ADD COLUMN replay_of INTEGER;    -- herald retry: the message replayed
+        ALTER TABLE outbox ADD COLUMN replayed_by INTEGER;
+        CREATE INDEX outbox_sms_reference ON outbox(sms_reference);
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_id INTEGER NOT NULL, at REAL NOT NULL,
+            what TEXT NOT NULL,       -- send | lookup | status | receipt | fallback | retry | replay | expire
+            endpoint TEXT, leg TEXT, reference TEXT,
+            outcome TEXT NOT NULL,    -- ok | retry | fatal | operator | duplicate | unknown | ...
+            detail TEXT
+        );
+        CREATE INDEX attempts_message ON attempts(message_id);
+    """),
 ]
 
 
@@ -179,14 +208,34 @@ class OutboxRow:
     send_at: float
     rule_id: str | None
     event_id: str | None
+    omni: str | None = None          # engine | provider (omni messages)
+    leg: str | None = None           # engine omni: the leg to send now (viber | sms)
+    sms_reference: str | None = None
+    fallback_after: float | None = None
+    endpoint: str | None = None      # where the last attempt went
+    uncertain_at: str | None = None  # an endpoint that may have taken it (outcome unknown)
 
     @property
     def msisdn(self) -> str:
         return self.to_phone.lstrip("+")
 
+    @property
+    def kind(self) -> str:
+        """What goes out on this attempt: `sms` or `viber` (an omni's Viber leg, with
+        BSG's alt_route when omni is `provider`)."""
+        if self.channel == "sms" or (self.channel == "omni" and self.leg == "sms"):
+            return "sms"
+        return "viber"
+
+    @property
+    def leg_reference(self) -> str:
+        """The BSG reference of this attempt (an engine omni's SMS leg has its own)."""
+        return self.sms_reference if self.kind == "sms" and self.sms_reference else self.reference
+
 
 _OUTBOX_FIELDS = ("id", "reference", "site", "channel", "to_phone", "sender", "text", "sms_sender", "sms_text",
-                  "state", "attempts", "stale_at", "send_at", "rule_id", "event_id")
+                  "state", "attempts", "stale_at", "send_at", "rule_id", "event_id", "omni", "leg",
+                  "sms_reference", "fallback_after", "endpoint", "uncertain_at")
 
 
 class Store:
@@ -392,19 +441,28 @@ class Store:
                     firing_id: int | None = None, recipient: str = "", copy: bool = False,
                     sender: str | None = None, text: str | None = None, sms_sender: str | None = None,
                     sms_text: str | None = None, encoding: str | None = None, parts: int = 0,
-                    template: str | None = None, reason: str = "", stale_at: datetime | None = None) -> tuple[int, str]:
+                    template: str | None = None, reason: str = "", stale_at: datetime | None = None,
+                    omni: str | None = None, fallback_after: float | None = None,
+                    replay_of: int | None = None) -> tuple[int, str]:
         now = _now()
         reference = new_reference()
         final = now if state in FINAL_STATES else None
+        engine_omni = channel == "omni" and omni == "engine"
+        # the SMS leg of Herald's own omni has its own reference, fixed now, so a crash
+        # between the legs resolves it by lookup like any other send
+        sms_reference = reference + "s" if engine_omni else None
         with self._lock:
             cur = self._execute(
                 "INSERT INTO outbox (reference, kind, event_id, rule_id, firing_id, site, channel, to_phone, recipient,"
                 " copy, sender, text, sms_sender, sms_text, encoding, parts, template, state, reason, created_at,"
-                " updated_at, send_at, stale_at, next_attempt_at, final_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " updated_at, send_at, stale_at, next_attempt_at, final_at, omni, leg, sms_reference, fallback_after,"
+                " replay_of)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (reference, kind, event_id, rule_id, firing_id, site, channel, to_phone, recipient, int(copy),
                  sender, text, sms_sender, sms_text, encoding, parts, template, state, reason, now, now,
-                 to_epoch(send_at), to_epoch(stale_at) if stale_at else None, to_epoch(send_at), final))
+                 to_epoch(send_at), to_epoch(stale_at) if stale_at else None, to_epoch(send_at), final,
+                 omni if channel == "omni" else None, "viber" if engine_omni else None, sms_reference,
+                 fallback_after if engine_omni else None, replay_of))
             return cur.lastrowid, reference
 
     def claim_due(self, now: datetime, limit: int = 100) -> list[OutboxRow]:
@@ -448,7 +506,8 @@ class Store:
     def due_polls(self, now: datetime, limit: int = 100) -> list[dict]:
         with self._lock:
             rows = self._execute(
-                "SELECT id, reference, channel, sent_at, attempts FROM outbox WHERE state = 'sent' "
+                "SELECT id, reference, channel, sent_at, attempts, omni, leg, sms_reference, endpoint, fallback_at, "
+                "stale_at FROM outbox WHERE state = 'sent' "
                 "AND (next_poll_at IS NULL OR next_poll_at <= ?) ORDER BY next_poll_at LIMIT ?",
                 (to_epoch(now), limit)).fetchall()
         return [dict(r) for r in rows]
@@ -461,15 +520,27 @@ class Store:
     # ---- delivery receipts (BSG callbacks) ----
     def message_for_receipt(self, reference: str | None, bsg_id: str | None) -> dict | None:
         """The message a delivery report is about: by reference, else by BSG id."""
-        columns = "id, reference, channel, state, sent_at, bsg_id"
+        columns = ("id, reference, channel, state, sent_at, bsg_id, omni, leg, sms_reference, endpoint, "
+                   "viber_bsg_id, fallback_at, stale_at")
+        # receipt_leg: which leg the report is about — viber (an omni's first leg, or a
+        # plain Viber message), sms (an engine omni's SMS leg, or a plain SMS), current
+        current = "CASE WHEN channel = 'sms' OR leg = 'sms' THEN 'sms' ELSE 'viber' END"
+        first = "CASE WHEN channel = 'sms' THEN 'sms' ELSE 'viber' END"
+        queries = []
+        if reference:
+            queries += [(f"SELECT {columns}, {first} AS receipt_leg FROM outbox WHERE reference = ?", reference),
+                        (f"SELECT {columns}, 'sms' AS receipt_leg FROM outbox WHERE sms_reference = ?", reference)]
+        elif bsg_id:
+            queries += [(f"SELECT {columns}, {current} AS receipt_leg FROM outbox WHERE bsg_id = ? "
+                         "ORDER BY id DESC LIMIT 1", bsg_id),
+                        (f"SELECT {columns}, 'viber' AS receipt_leg FROM outbox WHERE viber_bsg_id = ? "
+                         "ORDER BY id DESC LIMIT 1", bsg_id)]
+        row = None
         with self._lock:
-            if reference:
-                row = self._execute(f"SELECT {columns} FROM outbox WHERE reference = ?", (reference,)).fetchone()
-            elif bsg_id:
-                row = self._execute(f"SELECT {columns} FROM outbox WHERE bsg_id = ? ORDER BY id DESC LIMIT 1",
-                                    (bsg_id,)).fetchone()
-            else:
-                row = None
+            for sql, value in queries:
+                row = self._execute(sql, (value,)).fetchone()
+                if row is not None:
+                    break
         return dict(row) if row else None
 
     def add_receipt(self, reference: str | None, bsg_id: str | None, status: str, body: Mapping) -> int:
@@ -492,6 +563,58 @@ class Store:
         now = _now()
         with self._lock:
             self._conn.executemany("UPDATE receipts SET applied_at = ? WHERE id = ?", [(now, i) for i in ids])
+
+    # ---- the timeline of a message's attempts ----
+    def add_attempt(self, message_id: int, what: str, outcome: str, *, endpoint: str | None = None,
+                    leg: str | None = None, reference: str | None = None, detail: str = "") -> None:
+        with self._lock:
+            self._execute("INSERT INTO attempts (message_id, at, what, endpoint, leg, reference, outcome, detail)"
+                          " VALUES (?,?,?,?,?,?,?,?)", (message_id, _now(), what, endpoint, leg, reference,
+                                                         outcome, detail))
+
+    def attempts_of(self, message_id: int) -> list[dict]:
+        with self._lock:
+            rows = self._execute("SELECT at, what, endpoint, leg, reference, outcome, detail FROM attempts "
+                                 "WHERE message_id = ? ORDER BY id", (message_id,)).fetchall()
+        return [{**dict(r), "at": _iso(r["at"])} for r in rows]
+
+    # ---- replays (herald retry) ----
+    def replayable(self, *, states: Sequence[str], since: datetime | None = None, until: datetime | None = None,
+                   rule: str | None = None, ids: Sequence[int] = (), limit: int = 10_000) -> list[dict]:
+        """Final messages matching a filter that were not replayed yet (oldest first)."""
+        marks = ",".join("?" * len(states))
+        where, params = [f"state IN ({marks})", "replayed_by IS NULL"], list(states)
+        for column, op, value in (("created_at", ">=", since), ("created_at", "<", until)):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                params.append(to_epoch(value))
+        if rule is not None:
+            where.append("rule_id = ?")
+            params.append(rule)
+        if ids:
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            params.extend(ids)
+        with self._lock:
+            rows = self._execute(f"SELECT * FROM outbox WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                                 (*params, limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    def message_row(self, message_id: int) -> dict | None:
+        """A message's raw columns (epoch times), for the engine's own use."""
+        with self._lock:
+            row = self._execute("SELECT * FROM outbox WHERE id = ?", (message_id,)).fetchone()
+        return dict(row) if row else None
+
+    def delivery_counts(self) -> dict:
+        """Figures for /health: double deliveries (engine omni), uncertain outcomes, by endpoint."""
+        with self._lock:
+            doubles = self._execute("SELECT COUNT(*) FROM outbox WHERE double_delivery = 1").fetchone()[0]
+            uncertain = self._execute("SELECT COUNT(*) FROM outbox WHERE uncertain_at IS NOT NULL "
+                                      "AND state NOT IN ('delivered','failed','expired','skipped','cancelled',"
+                                      "'undelivered')").fetchone()[0]
+            by_endpoint = dict(self._execute("SELECT COALESCE(endpoint, '-'), COUNT(*) FROM outbox "
+                                             "WHERE endpoint IS NOT NULL GROUP BY endpoint").fetchall())
+        return {"double_deliveries": doubles, "uncertain": uncertain, "by_endpoint": by_endpoint}
 
     # ---- exchanges (traces of BSG calls; keys are never stored) ----
     def add_exchange(self, endpoint: str, method: str, path: str, request: Any, status: int | None,
@@ -549,14 +672,16 @@ class Store:
             firing = self._execute("SELECT * FROM firings WHERE id = ?", (message["firing_id"],)).fetchone() \
                 if message.get("firing_id") else None
             exchanges = self._execute(
-                "SELECT x.* FROM exchanges x JOIN exchange_refs r ON r.exchange_id = x.id WHERE r.reference = ? "
-                "ORDER BY x.id", (message["reference"],)).fetchall()
+                "SELECT DISTINCT x.* FROM exchanges x JOIN exchange_refs r ON r.exchange_id = x.id "
+                "WHERE r.reference IN (?, ?) ORDER BY x.id",
+                (message["reference"], message.get("sms_reference") or message["reference"])).fetchall()
         event = self.event(message["event"]) if message.get("event") else None
         return {
             "message": message,
             "event": event.as_json() if event else None,
             "firing": _firing_json(dict(firing)) if firing else None,
             "exchanges": [_exchange_json(dict(x)) for x in exchanges],
+            "attempts": self.attempts_of(message["id"]),
         }
 
     def firings_of(self, event_id: str) -> list[dict]:
@@ -678,6 +803,11 @@ def message_json(row: dict) -> dict:
         "created_at": _iso(row["created_at"]), "updated_at": _iso(row["updated_at"]),
         "send_at": _iso(row["send_at"]), "stale_at": _iso(row["stale_at"]), "sent_at": _iso(row["sent_at"]),
         "final_at": _iso(row["final_at"]),
+        "omni": row.get("omni"), "leg": row.get("leg"), "sms_reference": row.get("sms_reference"),
+        "viber_bsg_id": row.get("viber_bsg_id"), "viber_status": row.get("viber_status"),
+        "double_delivery": bool(row.get("double_delivery")), "endpoint": row.get("endpoint"),
+        "uncertain_at": row.get("uncertain_at"), "replay_of": row.get("replay_of"),
+        "replayed_by": row.get("replayed_by"), "fallback_at": _iso(row.get("fallback_at")),
     }
 
 

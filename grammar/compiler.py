@@ -37,7 +37,7 @@ SPECIAL_ROOTS = frozenset({"event", "previous", "site"})
 
 KEYWORDS = (
     "rule", "on", "if", "after", "once", "per", "within", "send", "to", "using", "text",
-    "from", "between", "stale", "copy", "admins", "user", "department", "group",
+    "from", "between", "stale", "fallback", "copy", "admins", "user", "department", "group",
     "subscribers", "subscribe", "unsubscribe", "changes", "every", "day", "at", "cron",
     "and", "or", "not", "in", "matches", "contains", "is", "set", "true", "false", "null",
     "sms", "viber", "omni",
@@ -362,6 +362,7 @@ class RuleBuilder(Transformer):
             text=value if kind == "text" else None,
             sender=fields.get("sender"), window=fields.get("window"),
             stale_after=fields.get("stale"), copy_admins=fields.get("copy", False),
+            fallback_after=fields.get("fallback"),
             location=_loc(self, send_token), template_location=_loc(self, content_token),
             sender_location=_loc(self, sender_token) if sender_token is not None else None,
         )
@@ -393,6 +394,9 @@ class RuleBuilder(Transformer):
 
     def stale_after(self, items: list):
         return ("stale", parse_duration(items[0]), items[0])
+
+    def fallback_after(self, items: list):
+        return ("fallback", parse_duration(items[0]), items[0])
 
     def copy_admins(self, items: list):
         return ("copy", True, None)
@@ -430,7 +434,8 @@ def _window(text: str):
     return parse_window(text)          # the same few windows recur in every file
 
 
-_OPTION_WORDS = {"sender": "from", "window": "between", "stale": "stale after", "copy": "copy admins"}
+_OPTION_WORDS = {"sender": "from", "window": "between", "stale": "stale after", "copy": "copy admins",
+                 "fallback": "fallback after"}
 
 
 def _first_location(node) -> Location | None:

@@ -462,6 +462,7 @@ class Send:
     window: Any = None              # engine.windows.SendWindow
     stale_after: timedelta | None = None
     copy_admins: bool = False
+    fallback_after: timedelta | None = None  # omni (engine): how long Viber may take before the SMS
     location: Location | None = field(default=None, compare=False, repr=False)
     template_location: Location | None = field(default=None, compare=False, repr=False)
     sender_location: Location | None = field(default=None, compare=False, repr=False)
@@ -478,6 +479,8 @@ class Send:
             parts += ["between", self.window.text]
         if self.stale_after is not None:
             parts += ["stale after", format_duration(self.stale_after)]
+        if self.fallback_after is not None:
+            parts += ["fallback after", format_duration(self.fallback_after)]
         if self.copy_admins:
             parts.append("copy admins")
         return " ".join(parts)

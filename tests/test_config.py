@@ -52,7 +52,7 @@ def test_example_herald_yaml_loads_without_environment(monkeypatch):
     assert cfg.base_dir == REPO
     assert cfg.store == REPO / "var" / "herald.db"
     assert cfg.rules == REPO / "rules"
-    assert cfg.templates == REPO / "rules" / "templates.yaml"
+    assert cfg.templates == REPO / "rules" / "templates"
     assert cfg.timezone == "Europe/Moscow"
     assert cfg.bsg.sandbox and cfg.bsg.api_key is None
     assert cfg.bsg.url == "https://api.bsg.world/rest" and cfg.bsg.rate == 20

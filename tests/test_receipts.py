@@ -105,7 +105,7 @@ async def test_a_receipt_before_the_send_is_recorded_is_applied_once_it_is(tmp_p
         rows = await daemon.db(daemon.store.in_state, "sending")
         results = [SendResult(rows[0].reference, Kind.OK, id="900", price=Decimal("0.02"), currency="EUR"),
                    SendResult(rows[1].reference, Kind.OK, id="901", price=Decimal("0.02"), currency="EUR")]
-        assert await daemon.db(daemon.dispatcher._apply_results, rows, results) is True
+        assert await daemon.db(daemon.dispatcher._apply_results, rows, results, "main") is True
         for message_id in (first, second):
             message = daemon.store.message(message_id)
             assert (message["state"], message["bsg_status"]) == ("delivered", "delivered")
