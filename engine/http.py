@@ -164,6 +164,33 @@ def create_app(daemon) -> Starlette:
             daemon.events_wake.set()
         return JSONResponse(counts)
 
+    async def bitrix24_hook(request: Request):
+        # Bitrix24's outbound webhooks (docs/bitrix24.md). No bearer token (Bitrix24 cannot
+        # send one): auth[application_token] in the form is the credential. The form also
+        # holds OAuth tokens, so neither the body nor the token is ever logged.
+        from engine import bitrix24
+        settings = daemon.config.bitrix24
+        if settings is None:
+            raise ApiError(404, bitrix24.NOT_CONFIGURED)
+        if daemon.stopping.is_set():
+            raise ApiError(503, "herald is shutting down; send again in a moment")
+        limit, body = daemon.config.http.max_body, bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"the body is over the limit of {limit} bytes")
+        client = request.client.host if request.client else "?"
+        try:
+            event = bitrix24.decode(bytes(body), request.headers.get("content-type"),
+                                    token=settings.application_token.reveal(), site=settings.site)
+        except bitrix24.HookError as exc:
+            log.warning("POST /hooks/bitrix24 from %s refused (%d): %s", client, exc.status, exc.message)
+            return JSONResponse(exc.as_json(), status_code=exc.status)
+        [(event_id, new)] = await daemon.accept(daemon.parse_events(event), "bitrix24")
+        log.info("bitrix24 %s from %s: %s %s", event["data"]["bitrix24"]["event"], client, event["type"],
+                 event_id if new else f"{event_id} (duplicate)")
+        return JSONResponse({"accepted": [event_id], "duplicates": [] if new else [event_id]}, status_code=202)
+
     async def reload(request: Request):
         ok, errors = await daemon.reload()
         body = {"reloaded": ok, "rules": len(daemon.project.rules), "errors": errors}
@@ -181,6 +208,7 @@ def create_app(daemon) -> Starlette:
         Route("/messages/{id}", endpoint(get_message), methods=["GET"]),
         Route("/balance", endpoint(balance), methods=["GET"]),
         Route("/reload", endpoint(reload), methods=["POST"]),
+        Route("/hooks/bitrix24", endpoint(bitrix24_hook, auth=False), methods=["POST"]),
         Route("/bsg/callback/{secret}", endpoint(bsg_callback, auth=False),
               methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),       # any other method: 404 too
     ]
