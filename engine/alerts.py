@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import smtplib
 import socket
 import ssl
 from datetime import datetime, timedelta
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, getaddresses, make_msgid
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
@@ -111,8 +110,8 @@ class Alerter:
             chosen = [sites[site]] if site in sites else []
         out: list[str] = []
         for s in chosen:
-            for address in re.split(r"[,;\s]+", s.admin_email or ""):
-                if address and address not in out:
+            for _, address in getaddresses([(s.admin_email or "").replace(";", ",")]):
+                if "@" in address and address.lower() not in (a.lower() for a in out):
                     out.append(address)
         return out
 
@@ -211,14 +210,16 @@ class Alerter:
         for i, mail in enumerate(mails):
             try:
                 refused = await trio.to_thread.run_sync(self._send, smtp, mail, abandon_on_cancel=True)
-            except (smtplib.SMTPException, OSError) as exc:
+            except Exception as exc:        # whatever it is, it must not stop the daemon: retry later
                 error = self._redact(_describe(exc))
                 whole_queue = isinstance(exc, _SERVER_ERRORS)
                 waiting = mails[i:] if whole_queue else [mail]
                 retry_at = self.now() + timedelta(seconds=self._backoff(mail["attempts"] + 1))
                 await db(self._postpone, [m["id"] for m in waiting], error, retry_at)
-                log.warning("alert mail %r not sent (attempt %d, %d mail(s) waiting): %s; next try at %s",
-                            mail["subject"], mail["attempts"] + 1, len(waiting), error, self._time(retry_at))
+                expected = isinstance(exc, (smtplib.SMTPException, OSError))
+                log.log(logging.WARNING if expected else logging.ERROR,
+                        "alert mail %r not sent (attempt %d, %d mail(s) waiting): %s; next try at %s",
+                        mail["subject"], mail["attempts"] + 1, len(waiting), error, self._time(retry_at))
                 if whole_queue:
                     return
                 continue

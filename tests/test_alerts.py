@@ -42,7 +42,7 @@ sites:
     admin_email: admin@shop.example.com
   s2:
     name: Second Shop
-    admin_email: ops@second.example.com
+    admin_email: Ops Team <ops@second.example.com>, owner@second.example.com; ADMIN@shop.example.com
   s3:
     name: Third Shop
   s4:
@@ -267,8 +267,11 @@ async def test_recipients_site_admin_or_every_distinct_admin(tmp_path, store, se
         await herald.drained(inbox, 2)
         nursery.cancel_scope.cancel()
 
-    assert [r for _, r, _ in inbox.received] == [["admin@shop.example.com", "ops@second.example.com"],
-                                                 ["ops@second.example.com"]]
+    everyone = ["admin@shop.example.com", "ops@second.example.com", "owner@second.example.com"]
+    assert [r for _, r, _ in inbox.received] == [everyone,
+                                                 ["ops@second.example.com", "owner@second.example.com",
+                                                  "ADMIN@shop.example.com"]]
+    assert inbox.messages[0]["To"] == ", ".join(everyone)
     assert len(store.alert_mails()) == 2                              # s3 has no admin_email: none queued
     assert [i["key"] for i in herald.alerter.open_incidents()] == ["balance.low", "bsg.error:6", "bsg.error:9"]
     [warning] = [r for r in caplog.records if "bsg.error:9" in r.getMessage()]
