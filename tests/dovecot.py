@@ -254,11 +254,11 @@ def bitrix_mail(event_name: str | None, *, to: str = "ivan@example.com",
     import base64
     import quopri
     from email.header import Header
-    from email.utils import formatdate, make_msgid
+    from email.utils import formataddr, formatdate, make_msgid, parseaddr
 
     body = text.replace("\n", "\r\n").encode(charset)
     encoded = base64.encodebytes(body) if cte == "base64" else quopri.encodestring(body)
-    head = {"From": "Modern Clothes <shop@example.com>", "To": to,
+    head = {"From": "Modern Clothes <shop@example.com>", "To": formataddr(parseaddr(to), charset),
             "Subject": Header(subject, charset).encode(), "Date": formatdate(localtime=False),
             "Message-ID": message_id or make_msgid(domain="shop.example.com"), "MIME-Version": "1.0",
             "Content-Type": f"text/{'html' if html else 'plain'}; charset={charset}",
