@@ -310,3 +310,22 @@ def test_the_password_is_required_and_never_echoed(tmp_path, monkeypatch):
     connector = ImapConnector(entry(tmp_path, "    host: h\n    user: u\n    password: Very-Secret-1\n"))
     assert connector.port == 993 and connector.security == "tls" and connector.flag == "\\Seen"
     assert "Very-Secret-1" not in connector._describe(RuntimeError("LOGIN Very-Secret-1 failed"))
+
+
+def test_the_documented_configs_load_and_their_rules_compile(tmp_path, monkeypatch):
+    from grammar.compiler import compile_text
+    from tests.test_docs import fenced_blocks
+    monkeypatch.setenv("IMAP_PASSWORD", "x-secret")
+    monkeypatch.setenv("SHOP_MAIL_PASSWORD", "x-secret")
+    blocks = fenced_blocks(ROOT / "docs" / "connectors" / "imap.md")
+    configs = [b for b in blocks if b.lang == "yaml"]
+    assert len(configs) == 2
+    for block in configs:
+        (tmp_path / "herald.yaml").write_text(block.text, encoding="utf-8")
+        connector = ImapConnector(load_config(tmp_path / "herald.yaml").connectors[0])
+        assert connector.mapping.extractors, block.where
+    rules = [b for b in blocks if b.lang == "rules"]
+    assert len(rules) == 4
+    for block in rules:
+        compiled = compile_text(block.text, block.where)
+        assert compiled.rules and not [d for d in compiled.diagnostics if d.severity == "error"], block.where
