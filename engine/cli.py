@@ -75,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="message id or BSG reference")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("retry", help="replay failed (or expired) messages through the running daemon")
+    _add_config(p)
+    p.add_argument("--status", default="failed", choices=("failed", "expired", "undelivered"))
+    p.add_argument("--since", metavar="TIME", help="created at or after (ISO 8601)")
+    p.add_argument("--until", metavar="TIME", help="created before (ISO 8601)")
+    p.add_argument("--rule", help="only messages of this rule")
+    p.add_argument("--id", dest="ids", type=int, action="append", help="a message id (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+
     p = sub.add_parser("balance", help="the BSG account balance")
     _add_config(p)
 
@@ -92,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from engine import client_commands as cc
     handler = {"check": cmd_check, "simulate": cmd_simulate, "test": cmd_test, "run": cmd_run,
                "emit": cc.cmd_emit, "reload": cc.cmd_reload, "send": cc.cmd_send, "history": cc.cmd_history,
-               "trace": cc.cmd_trace, "balance": cc.cmd_balance}[args.command]
+               "trace": cc.cmd_trace, "balance": cc.cmd_balance, "retry": cc.cmd_retry}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

@@ -85,6 +85,32 @@ def cmd_send(args) -> int:
     return 0
 
 
+def cmd_retry(args) -> int:
+    payload: dict = {"status": args.status}
+    for key in ("since", "until", "rule"):
+        if getattr(args, key):
+            payload[key] = getattr(args, key)
+    if args.ids:
+        payload["ids"] = args.ids
+    if args.dry_run:
+        payload["dry_run"] = True
+    response = _call(args, "POST", "/messages/retry", json=payload)
+    if response.status_code not in (200, 202):
+        _print_error(response)
+        return 1
+    body = response.json()
+    items = body.get("replayed") or body.get("would_replay") or []
+    if not items:
+        print("nothing to replay")
+        return 0
+    for item in items:
+        target = f"→ new message {item['replay']}" if item["replay"] is not None else "(dry run)"
+        print(f"message {item['original']} to {item['to']} ({item['rule'] or 'manual'}) {target}"
+              + (f"  [{item['reason']}]" if item["reason"] else ""))
+    print(("would replay" if args.dry_run else "replayed") + f" {len(items)} message(s)")
+    return 0
+
+
 def cmd_balance(args) -> int:
     response = _call(args, "GET", "/balance")
     if response.status_code != 200:
@@ -161,6 +187,10 @@ def cmd_trace(args) -> int:
         print(f"rule {f['rule']} (version {f['rule_version']}) at {f['at']}: {f['reason']}")
         for step in f["trace"].get("trace", []):
             print(f"  {step}")
+    for a in trace.get("attempts", []):
+        where = " ".join(p for p in (a["endpoint"], a["leg"], a["reference"]) if p)
+        print(f"{a['at']}  {a['what']}: {a['outcome']}" + (f" [{where}]" if where else "")
+              + (f" — {a['detail']}" if a["detail"] else ""))
     for x in trace["exchanges"]:
         print(f"BSG {x['method']} {x['path']} → {x['status']} in {x['seconds']:.3f}s")
         print(f"  request:  {json.dumps(x['request'], ensure_ascii=False)}")

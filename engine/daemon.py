@@ -111,6 +111,8 @@ class Daemon:
         self.stopping = trio.Event()
         self.started = trio.Event()
         self.dispatcher = None
+        self.alerter = None
+        self.backup_transports: dict = {}     # tests: httpx transports for backup endpoints by name
         self.versions: dict[str, str] = {}
 
     # ---- blocking work, one call at a time ----
@@ -129,6 +131,9 @@ class Daemon:
         self.store = await trio.to_thread.run_sync(Store, self.config.store)
         try:
             async with trio.open_nursery() as nursery:
+                from engine.alerts import Alerter
+                self.alerter = Alerter(self.store, self.config, self.clock.now)
+                await nursery.start(self.alerter.run, self.db)
                 self.dispatcher = Dispatcher(self)
                 await nursery.start(self.dispatcher.run)      # BSG (or the sandbox) first
                 await nursery.start(self._processor)
@@ -376,6 +381,8 @@ class Daemon:
         if hasattr(old_directory, "close"):
             old_directory.close()       # a Bitrix directory: its pool and cache; the new one starts fresh
         self.config, self.project = config, project
+        if self.alerter is not None:
+            self.alerter.config = config
         self.versions = {r.id: rule_version(r) for r in project.rules}
         self.generation += 1
 
@@ -395,7 +402,23 @@ class Daemon:
             "connectors": {name: {"type": c.type, "alive": c.alive, "detail": c.detail,
                                   "since": c.since.isoformat() if c.since else None}
                            for name, c in self.connectors.items()},
+            "endpoints": self._endpoints_health(),
+            "delivery": await self.db(self.store.delivery_counts),
+            "incidents": await self.db(self.alerter.open_incidents) if self.alerter else [],
         }
+
+    def _endpoints_health(self) -> list[dict]:
+        router = self.dispatcher.router if self.dispatcher is not None else None
+        if router is None:
+            return []
+        out = []
+        for e in router.endpoints:
+            item = e.as_json()
+            for key in ("since", "probe_at"):
+                if item[key] is not None:
+                    item[key] = datetime.fromtimestamp(item[key], timezone.utc).isoformat()
+            out.append(item)
+        return out
 
 
 def _first(exc: BaseException, kind: type) -> BaseException | None:

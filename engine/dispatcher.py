@@ -369,6 +369,7 @@ class Dispatcher:
 
     def _operator_alert(self, code: int, description: str, endpoint: str) -> None:
         from engine.bsg import OPERATOR_HINTS
+        self._operator_open.add(endpoint)
         if self.alerter is None:
             return
         words = describe(code)
@@ -388,10 +389,13 @@ class Dispatcher:
         return self._operator_endpoints
 
     def _operator_resolved(self, endpoint: str) -> None:
-        if self.alerter is None or endpoint not in self._operator_open:
+        if endpoint not in self._operator_open:
             return
         self._operator_open.discard(endpoint)
-        for code in OPERATOR_ALERT_CODES:
+        released = self.store.release_held(OPERATOR_ALERT_CODES, self.ts())
+        if released:
+            log.info("BSG %s sends again: %d held message(s) go now", endpoint, released)
+        for code in OPERATOR_ALERT_CODES if self.alerter is not None else ():
             self.alerter.resolve(f"bsg.error.{code}:{endpoint}", f"BSG ({endpoint}) sends again",
                                  f"BSG endpoint {endpoint} accepted messages again; the queued ones are "
                                  "on their way.")
@@ -671,8 +675,8 @@ class Dispatcher:
     def _provider_event(self, endpoint: Endpoint, change: str) -> None:
         now = self.now()
         fallback = self.router.pick()
-        data = {"provider": {"name": endpoint.name, "url": endpoint.client.url, "state": endpoint.state,
-                             "reason": endpoint.reason, "since": now.isoformat(),
+        data = {"provider": {"name": endpoint.name, "url": endpoint.client.url, "status": change,
+                             "error": endpoint.reason, "since": now.isoformat(),
                              "active": fallback.name if fallback else None}}
         site = next(iter(self.daemon.config.sites))
         event = Event(f"provider.{change}", data, site, f"provider:{endpoint.name}:{change}:{now.timestamp():.3f}",

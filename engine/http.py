@@ -133,6 +133,15 @@ def create_app(daemon) -> Starlette:
         ids = await manual_send(daemon, payload)
         return JSONResponse({"queued": ids}, status_code=202)
 
+    async def retry_messages(request: Request):
+        from engine.replay import parse_filter, replay
+        flt = parse_filter(await _json_body(request, daemon.config.http.max_body))
+        replays = await daemon.db(replay, daemon.store, flt)
+        if not flt.dry_run:
+            daemon.dispatch_wake.set()
+        return JSONResponse({"replayed" if not flt.dry_run else "would_replay": replays,
+                             "count": len(replays)}, status_code=202 if replays and not flt.dry_run else 200)
+
     async def balance(request: Request):
         client = daemon.dispatcher.client if daemon.dispatcher else None
         if client is None:
@@ -205,6 +214,7 @@ def create_app(daemon) -> Starlette:
         Route("/health", endpoint(health, auth=False), methods=["GET"]),
         Route("/messages", endpoint(list_messages), methods=["GET"]),
         Route("/messages", endpoint(post_message), methods=["POST"]),
+        Route("/messages/retry", endpoint(retry_messages), methods=["POST"]),
         Route("/messages/{id}", endpoint(get_message), methods=["GET"]),
         Route("/balance", endpoint(balance), methods=["GET"]),
         Route("/reload", endpoint(reload), methods=["POST"]),

@@ -605,6 +605,14 @@ class Store:
             row = self._execute("SELECT * FROM outbox WHERE id = ?", (message_id,)).fetchone()
         return dict(row) if row else None
 
+    def release_held(self, codes: Sequence[int], at: float) -> int:
+        """Messages waiting on an operator error (funds, key, tariff) become due at `at`."""
+        marks = ",".join("?" * len(codes))
+        with self._lock:
+            cur = self._execute(f"UPDATE outbox SET next_attempt_at = ?, updated_at = ? WHERE state = 'queued' "
+                                f"AND error_code IN ({marks}) AND next_attempt_at > ?", (at, _now(), *codes, at))
+        return cur.rowcount
+
     def delivery_counts(self) -> dict:
         """Figures for /health: double deliveries (engine omni), uncertain outcomes, by endpoint."""
         with self._lock:

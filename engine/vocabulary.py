@@ -23,7 +23,7 @@ OBJECTS: dict[str, tuple[str, ...]] = {
     "task": ("id", "title", "status", "priority", "deadline", "responsible", "creator", "members"),
     "sms": ("from", "to", "text", "time"),
     "message": ("id", "status", "channel", "to", "rule", "event", "reference", "price", "currency", "reason"),
-    "provider": ("name", "url", "status", "balance", "currency", "error"),
+    "provider": ("name", "url", "status", "error", "since", "active", "balance", "currency", "threshold", "low"),
     "schedule": ("time", "rule"),
     "connector": ("name", "type", "status", "error", "since"),
 }

@@ -1,0 +1,381 @@
+"""Delivery you can trust (docs/delivery.md), end to end: a daemon, fake BSG endpoints
+over real HTTP on loopback (taken down for real: connection refused), a real SMTP server
+(aiosmtpd) receiving the admin alerts."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import trio
+from aiosmtpd.controller import Controller
+
+from engine.config import load_config
+from engine.daemon import Clock, Daemon
+from engine.fakebsg import FakeBSG, serve
+from tests.daemon_helpers import free_port
+
+SMS_RULE = 'on order.created send sms to customer.phone text "Заказ #ORDER_ID# принят"\n'
+OMNI_RULE = 'on order.created send omni to customer.phone using "created"\n'
+TEMPLATES = 'created:\n  viber: "Viber: заказ #ORDER_ID# принят"\n  sms: "SMS: заказ #ORDER_ID#"\n'
+
+
+class ManualClock(Clock):
+    def __init__(self, start: datetime):
+        self.current = start
+
+    def now(self) -> datetime:
+        return self.current
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.mails: list[email.message.EmailMessage] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.mails.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+    def subjects(self) -> list[str]:
+        return [m["Subject"] for m in self.mails]
+
+
+class Endpoint:
+    """A fake BSG on a fixed port that can really go away (connection refused) and come back."""
+
+    def __init__(self, nursery: trio.Nursery, fake: FakeBSG):
+        self.nursery, self.fake, self.port = nursery, fake, free_port()
+        self.scope: trio.CancelScope | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def up(self) -> None:
+        async def run(task_status=trio.TASK_STATUS_IGNORED):
+            with trio.CancelScope() as self.scope:
+                await serve(self.fake, "127.0.0.1", self.port, task_status=task_status)
+        await self.nursery.start(run)
+
+    async def down(self) -> None:
+        self.scope.cancel()
+        with trio.fail_after(5):
+            while True:
+                try:
+                    with trio.socket.socket() as s:
+                        await s.connect(("127.0.0.1", self.port))
+                except OSError:
+                    return
+                await trio.sleep(0.02)
+
+    def references(self) -> list[str]:
+        return [m["reference"] for m in self.fake.messages()]
+
+
+def project(tmp_path: Path, rules: str, main: str, *, backup: str | None = None, smtp: int | None = None,
+            site: str = "", bsg: str = "") -> Path:
+    (tmp_path / "rules").mkdir(exist_ok=True)
+    (tmp_path / "rules" / "main.rules").write_text(rules, encoding="utf-8")
+    (tmp_path / "rules" / "templates.yaml").write_text(TEMPLATES, encoding="utf-8")
+    backup_yaml = f"  backup:\n    - url: {backup}\n      api_key: backup_key\n" if backup else ""
+    smtp_yaml = f"smtp:\n  host: 127.0.0.1\n  port: {smtp}\n  from: herald@shop.example\n" if smtp else ""
+    config = tmp_path / "herald.yaml"
+    config.write_text(f"""
+store: var/herald.db
+bsg:
+  url: {main}
+  api_key: main_key
+  rate: 1000
+  failover: {{window: 60s, failures: 2, probe: 2s}}
+{backup_yaml}{bsg}
+sites:
+  s1:
+    timezone: Europe/Moscow
+    admin_email: admin@shop.example
+{site}
+http:
+  listen: 127.0.0.1:{free_port()}
+{smtp_yaml}""", encoding="utf-8")
+    return config
+
+
+@asynccontextmanager
+async def smtp_server():
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield inbox, controller.port
+    finally:
+        controller.stop()
+
+
+@asynccontextmanager
+async def daemon_for(config: Path, clock: Clock | None = None):
+    async with trio.open_nursery() as nursery:
+        daemon = Daemon(load_config(config), clock=clock)
+        url = await nursery.start(daemon.run)
+        async with httpx.AsyncClient(base_url=url) as client:
+            yield daemon, client
+        nursery.cancel_scope.cancel()
+
+
+async def wait_for(predicate, timeout: float = 30.0, what: str = ""):
+    with trio.move_on_after(timeout):
+        while True:
+            value = predicate()
+            if value:
+                return value
+            await trio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what or predicate}")
+
+
+def order(n: int, phone: str) -> dict:
+    return {"type": "order.created", "id": f"order-{n}", "site": "s1",
+            "data": {"order": {"id": n}, "customer": {"phone": phone}}}
+
+
+def states(daemon) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for m in daemon.store.messages(limit=10_000):
+        counts[m["state"]] = counts.get(m["state"], 0) + 1
+    return counts
+
+
+def journal(daemon, type_: str) -> list:
+    rows = daemon.store._conn.execute("SELECT data FROM events WHERE type = ?", (type_,)).fetchall()
+    import json
+    return [json.loads(r[0]) for r in rows]
+
+
+# ---------------------------------------------------------------------------- failover
+
+async def test_main_down_traffic_goes_through_the_backup_one_alert_and_comes_back(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with smtp_server() as (inbox, smtp_port), trio.open_nursery() as nursery:
+        main, backup = Endpoint(nursery, FakeBSG(delivery_delay=0.1)), Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        await backup.up()
+        config = project(tmp_path, SMS_RULE, main.url, backup=backup.url, smtp=smtp_port)
+        async with daemon_for(config) as (daemon, client):
+            await client.post("/events", json=[order(1, "+79001110011")])
+            await wait_for(lambda: len(main.references()) == 1, what="the first message at main")
+
+            await main.down()
+            await client.post("/events", json=[order(n, f"+790011100{n + 10:02d}") for n in range(2, 32)])
+            await wait_for(lambda: len(backup.references()) == 30, what="30 messages through the backup")
+            assert len(main.references()) == 1
+            await wait_for(lambda: any("unreachable" in s for s in inbox.subjects()), what="the alert mail")
+            down = journal(daemon, "provider.down")
+            assert [d["provider"]["name"] for d in down] == ["main"]
+            assert down[0]["provider"]["active"] == "backup1"
+
+            await main.up()
+            await wait_for(lambda: journal(daemon, "provider.up"), what="provider.up after the probe")
+            await client.post("/events", json=[order(40, "+79001110090")])
+            await wait_for(lambda: len(main.references()) == 2, what="traffic back at main")
+            await wait_for(lambda: states(daemon) == {"delivered": 32}, what=lambda: states(daemon))
+
+            # one alert e-mail for the outage, one for the recovery — not one per message
+            await wait_for(lambda: len(inbox.mails) == 2, what="the recovery mail")
+            await trio.sleep(0.3)
+            subjects = inbox.subjects()
+            assert len(subjects) == 2, subjects
+            assert "unreachable" in subjects[0] and "reachable again" in subjects[1]
+            assert inbox.mails[0]["To"] == "admin@shop.example"
+            body = inbox.mails[0].get_content()
+            assert "backup1" in body and "main_key" not in body and "backup_key" not in body
+            # no phone messaged twice, across both endpoints
+            every = main.references() + backup.references()
+            assert len(every) == len(set(every)) == 32
+            # each message's history says where it went
+            moved = (await client.get(f"/messages/{daemon.store.messages(phone='+79001110012')[0]['id']}")).json()
+            assert moved["message"]["endpoint"] == "backup1"
+            assert [a["what"] for a in moved["attempts"]][-2:] == ["send", "status"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_dropped_request_is_looked_up_at_main_before_it_may_go_anywhere_else(tmp_path, monkeypatch):
+    """`down` at the fake reads the request and hangs up: BSG may have taken it. Such a
+    message waits for main to answer a lookup; new traffic goes through the backup."""
+    monkeypatch.chdir(tmp_path)
+    async with trio.open_nursery() as nursery:
+        main, backup = Endpoint(nursery, FakeBSG(delivery_delay=0.1)), Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        await backup.up()
+        config = project(tmp_path, SMS_RULE, main.url, backup=backup.url)
+        async with daemon_for(config) as (daemon, client):
+            main.fake.set_fault("down")
+            await client.post("/events", json=[order(1, "+79002220011")])
+            await wait_for(lambda: [m["uncertain_at"] for m in daemon.store.messages()] == ["main"],
+                           what="uncertain at main")
+            await client.post("/events", json=[order(2, "+79002220012")])
+            await wait_for(lambda: journal(daemon, "provider.down"), what="main tripped")
+            await client.post("/events", json=[order(3, "+79002220013")])
+            await wait_for(lambda: "79002220013" in [m["msisdn"] for m in backup.fake.messages()], what="new → backup")
+            first = daemon.store.messages(phone="+79002220011")[0]
+            await wait_for(lambda: "lookup" in daemon.store.messages(phone="+79002220011")[0]["reason"],
+                           what=lambda: daemon.store.messages(phone="+79002220011")[0])
+            assert [m["msisdn"] for m in backup.fake.messages()] == ["79002220013"]
+
+            main.fake.clear_faults()
+            await wait_for(lambda: daemon.store.messages(phone="+79002220011")[0]["state"] == "delivered",
+                           what="the uncertain message resolved and delivered")
+            await wait_for(lambda: states(daemon) == {"delivered": 3}, what="all three delivered")
+            every = main.references() + backup.references()
+            assert len(every) == len(set(every)) == 3
+            trace = (await client.get(f"/messages/{first['id']}")).json()
+            assert any(a["what"] == "lookup" for a in trace["attempts"])
+        nursery.cancel_scope.cancel()
+
+
+async def test_both_endpoints_down_for_a_virtual_hour_nothing_is_lost(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    clock = ManualClock(datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc))
+    async with trio.open_nursery() as nursery:
+        main, backup = Endpoint(nursery, FakeBSG(delivery_delay=0.1)), Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        await backup.up()
+        config = project(tmp_path, SMS_RULE, main.url, backup=backup.url)
+        async with daemon_for(config, clock) as (daemon, client):
+            await main.down()
+            await backup.down()
+            await client.post("/events", json=[order(n, f"+790033300{n + 10:02d}") for n in range(1, 41)])
+            for step in [timedelta(seconds=5)] * 12 + [timedelta(minutes=5)] * 11:   # an hour
+                clock.current += step
+                daemon.dispatch_wake.set()
+                await trio.sleep(0.2)
+            assert len(journal(daemon, "provider.down")) == 2
+            assert states(daemon) == {"queued": 40}
+            held = daemon.store.messages(limit=1)[0]
+            assert "every BSG endpoint is down" in held["reason"]
+
+            await backup.up()
+            with trio.fail_after(30):
+                while states(daemon) != {"delivered": 40}:
+                    clock.current += timedelta(seconds=5)    # probes find the backup well; polls come due
+                    daemon.dispatch_wake.set()
+                    daemon.dispatcher.poll_wake.set()
+                    await trio.sleep(0.2)
+            assert len(backup.references()) == 40
+            assert main.references() == []
+        nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------- Herald's omni
+
+async def test_engine_omni_not_a_viber_user_gets_the_sms_variant(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with trio.open_nursery() as nursery:
+        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        config = project(tmp_path, OMNI_RULE, main.url, site="    omni: engine\n")
+        async with daemon_for(config) as (daemon, client):
+            await client.post("/events", json=[order(7, "+79004440001")])     # …01: not a Viber user
+            await wait_for(lambda: states(daemon) == {"delivered": 1}, what="delivered by SMS")
+            viber, sms = main.fake.messages()
+            assert (viber["channel"], viber["text"], viber.get("alt_route")) == ("viber", "Viber: заказ 7 принят", None)
+            assert (sms["channel"], sms["body"], sms["fallback_for"]) == ("sms", "SMS: заказ 7", None)
+            message = daemon.store.messages()[0]
+            assert sms["reference"] == message["sms_reference"] != message["reference"] == viber["reference"]
+            assert (message["leg"], message["viber_status"]) == ("sms", "not_viber_user")
+            trace = (await client.get(f"/messages/{message['id']}")).json()
+            assert [a["what"] for a in trace["attempts"]] == ["send", "fallback", "send", "status"]
+            (event,) = journal(daemon, "message.delivered")
+            assert event["message"]["leg"] == "sms"
+        nursery.cancel_scope.cancel()
+
+
+async def test_engine_omni_deadline_then_a_late_viber_receipt_is_recorded_and_sends_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    clock = ManualClock(datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc))
+    async with trio.open_nursery() as nursery:
+        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        rule = 'on order.created send omni to customer.phone using "created" fallback after 2m\n'
+        config = project(tmp_path, rule, main.url, site="    omni: engine\n",
+                         bsg="  callback_secret: cbsecret\n")
+        async with daemon_for(config, clock) as (daemon, client):
+            await client.post("/events", json=[order(8, "+79005550005")])     # …05: Viber never final
+            await wait_for(lambda: len(main.fake.messages()) == 1, what="the Viber leg")
+            await trio.sleep(0.3)
+            assert len(main.fake.messages()) == 1           # before the deadline: no SMS
+            clock.current += timedelta(minutes=2, seconds=1)
+            daemon.dispatch_wake.set()
+            daemon.dispatcher.poll_wake.set()
+            await wait_for(lambda: len(main.fake.messages()) == 2, what="the SMS after the deadline")
+            viber, sms = main.fake.messages()
+            assert sms["channel"] == "sms"
+
+            # the Viber report arrives after the SMS went: recorded, counted, nothing else
+            late = {"reference": viber["reference"], "id": viber["id"], "status": "delivered"}
+            response = await client.post("/bsg/callback/cbsecret", json=late)
+            assert response.status_code == 200 and response.json()["applied"] == 1
+            await client.post("/bsg/callback/cbsecret", json=late)          # repeated: harmless
+            message = daemon.store.messages()[0]
+            assert (message["double_delivery"], message["viber_status"]) == (True, "delivered")
+            await trio.sleep(0.5)
+            assert len(main.fake.messages()) == 2           # no third message
+            assert journal(daemon, "message.delivered") == [] and journal(daemon, "message.failed") == []
+            health = (await client.get("/health")).json()
+            assert health["delivery"]["double_deliveries"] == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_receipt_for_an_unknown_reference_is_logged_and_ignored(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO, logger="herald.dispatch")
+    async with trio.open_nursery() as nursery:
+        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        config = project(tmp_path, SMS_RULE, main.url, bsg="  callback_secret: cbsecret\n")
+        async with daemon_for(config) as (daemon, client):
+            response = await client.post("/bsg/callback/cbsecret",
+                                         json={"reference": "hrnosuchreference", "id": "77", "status": "delivered"})
+            assert response.json() == {"applied": 0, "pending": 0, "unknown": 1}
+            assert "hrnosuchreference" in caplog.text and "unknown message" in caplog.text
+            assert daemon.store.messages() == [] and main.fake.messages() == []
+        nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------- alerts and dead letters
+
+async def test_operator_error_mails_once_and_failed_messages_can_be_replayed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with smtp_server() as (inbox, smtp_port), trio.open_nursery() as nursery:
+        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        config = project(tmp_path, SMS_RULE, main.url, smtp=smtp_port)
+        async with daemon_for(config) as (daemon, client):
+            main.fake.set_fault("error", code=8)                  # not enough funds, for every request
+            await client.post("/events", json=[order(n, f"+790066600{n + 10:02d}") for n in range(1, 6)])
+            await wait_for(lambda: states(daemon).get("queued") == 5 and inbox.mails, what="held + one alert")
+            await trio.sleep(0.3)
+            assert len(inbox.mails) == 1 and "error 8" in inbox.subjects()[0]
+            assert "top up" in inbox.mails[0].get_content()
+            health = (await client.get("/health")).json()
+            assert [i["key"] for i in health["incidents"]] == ["bsg.error.8:main"]
+
+            # a fatal error is a dead letter with BSG's code; a replay is a new message
+            main.fake.clear_faults()
+            await client.post("/messages", json={"to": "+79006660099", "text": "x", "channel": "sms"})
+            main.fake.set_fault("error", code=21, count=1)
+            dead = await wait_for(lambda: daemon.store.messages(state="failed"), what="a dead letter")
+            assert dead[0]["error_code"] == 21 and "21" in dead[0]["reason"]
+            bad = await client.post("/messages/retry", json={"status": "sent"})
+            assert bad.status_code == 400 and bad.json()["pointer"] == "/status"
+            replay = await client.post("/messages/retry", json={"status": "failed", "since": "2026-01-01T00:00:00Z"})
+            assert replay.status_code == 202 and replay.json()["count"] == 1
+            again = await client.post("/messages/retry", json={"status": "failed", "since": "2026-01-01T00:00:00Z"})
+            assert again.json()["count"] == 0                  # replayed once, not twice
+            new_id = replay.json()["replayed"][0]["replay"]
+            await wait_for(lambda: daemon.store.message(new_id)["state"] == "delivered", what="the replay delivered")
+            assert daemon.store.message(new_id)["reference"] != dead[0]["reference"]
+            await wait_for(lambda: states(daemon).get("delivered") == 6, what="the held ones delivered too")
+            await wait_for(lambda: len(inbox.mails) == 2, what="the recovery mail")
+        nursery.cancel_scope.cancel()
