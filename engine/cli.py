@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("send", help="send a message by hand through the running daemon")
     _add_config(p)
-    p.add_argument("to", nargs="+", help="phone numbers")
+    p.add_argument("to", nargs="*", help="phone numbers")
+    p.add_argument("--department", action="append", metavar="NAME",
+                   help="everyone in this department (and its sub-departments) in the directory; repeatable")
+    p.add_argument("--group", action="append", metavar="NAME", help="every member of this group; repeatable")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--text")
     group.add_argument("--template")

@@ -71,9 +71,9 @@ def cmd_reload(args) -> int:
 
 
 def cmd_send(args) -> int:
-    payload = {"to": args.to}
-    for key in ("text", "template", "channel", "site", "sender"):
-        if getattr(args, key):
+    payload: dict = {"to": args.to} if args.to else {}
+    for key in ("department", "group", "text", "template", "channel", "site", "sender"):
+        if getattr(args, key, None):
             payload[key] = getattr(args, key)
     if args.now:
         payload["now"] = True
@@ -81,8 +81,19 @@ def cmd_send(args) -> int:
     if response.status_code != 202:
         _print_error(response)
         return 1
-    print("queued: " + ", ".join(str(i) for i in response.json()["queued"]))
-    return 0
+    return _print_send_results(response.json())
+
+
+def _print_send_results(body: dict) -> int:
+    """One line per recipient; exit 1 when no recipient got a message."""
+    results = body.get("messages") or [{"id": i, "state": "queued"} for i in body["queued"]]
+    for m in results:
+        who = " ".join(p for p in (m.get("to") or "", f"({m['recipient']})" if m.get("recipient") else "") if p)
+        print(f"message {m['id']}: {m['state']}" + (f" → {who}" if who else "")
+              + (f" — {m['reason']}" if m.get("reason") else ""))
+    ok = [m for m in results if m["state"] not in ("failed", "skipped", "expired")]
+    print(f"queued: {len(ok)} of {len(results)}")
+    return 0 if ok else 1
 
 
 def cmd_retry(args) -> int:

@@ -130,8 +130,8 @@ def create_app(daemon) -> Starlette:
     async def post_message(request: Request):
         payload = await _json_body(request, daemon.config.http.max_body)
         from engine.manual import manual_send
-        ids = await manual_send(daemon, payload)
-        return JSONResponse({"queued": ids}, status_code=202)
+        results = await manual_send(daemon, payload)
+        return JSONResponse({"queued": [r["id"] for r in results], "messages": results}, status_code=202)
 
     async def retry_messages(request: Request):
         from engine.replay import parse_filter, replay
