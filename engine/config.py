@@ -133,6 +133,7 @@ class BsgConfig:
     failover: Failover = Failover()
     balance_alert: float | None = None # alert the admins when the balance falls under this
     balance_every: float = 900.0       # seconds between balance reads (provider.balance events)
+    timeout: float = 10.0              # seconds to wait for an answer to one request
 
     @property
     def callbacks(self) -> bool:
@@ -169,6 +170,7 @@ class Site:
     omni: str = "provider"             # provider: BSG's Viber alt_route; engine: Herald falls back
     omni_deadline: float = 600.0       # omni: engine — seconds Viber may take before the SMS goes
     language: str = "ru"
+    api_key: Secret | None = None      # the site's own BSG account (None: bsg.api_key)
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -736,13 +738,13 @@ class _Reader:
     TOP_KEYS = ("store", "rules", "templates", "timezone", "bsg", "senders", "sites",
                 "http", "smtp", "connectors", "directory", "bitrix24")
     BSG_KEYS = ("url", "api_key", "backup", "rate", "callback_secret", "failover", "balance_alert",
-                "balance_every")
+                "balance_every", "timeout")
     FAILOVER_KEYS = ("window", "failures", "ratio", "probe", "slow_receipts")
     BACKUP_KEYS = ("url", "api_key")
     SENDER_KEYS = ("sms", "viber")
     SITE_KEYS = ("name", "server_name", "email_from", "phone_from", "timezone", "channel",
                  "sms_sender", "viber_sender", "send_window", "admins", "admin_email",
-                 "translit", "omni", "omni_deadline", "language")
+                 "translit", "omni", "omni_deadline", "language", "api_key")
     HTTP_KEYS = ("listen", "tokens", "max_body")
     SMTP_KEYS = ("host", "port", "from", "username", "password", "starttls")
     DIRECTORY_KEYS = ("file", "bitrix", "ttl", "groups")
@@ -826,9 +828,10 @@ class _Reader:
         balance_alert = self.number(self.child(node, "balance_alert"), None,
                                     what="an amount in the account's currency")
         balance_every = self.duration(self.child(node, "balance_every"), 900.0)
+        timeout = self.duration(self.child(node, "timeout"), 10.0)
         return BsgConfig(url=url, api_key=api_key, backup=tuple(backup), rate=rate,
                          callback_secret=callback_secret, failover=self.failover(self.child(node, "failover")),
-                         balance_alert=balance_alert, balance_every=balance_every)
+                         balance_alert=balance_alert, balance_every=balance_every, timeout=timeout)
 
     def failover(self, node: _Val | None) -> Failover:
         if node is None or node.raw is None:
@@ -967,6 +970,7 @@ class _Reader:
             omni=self.choice(c("omni"), "provider", OMNI_MODES, "an omni mode (provider or engine)"),
             omni_deadline=self.duration(c("omni_deadline"), 600.0),
             language=self.language(c("language")),
+            api_key=self.secret(c("api_key")),
         )
 
     def sender(self, v: _Val | None, allowed: tuple[str, ...], where: str) -> str:

@@ -74,6 +74,11 @@ class Dispatcher:
         self._exchanges: list = []
         self._latencies: list[tuple[str, float]] = []   # (endpoint, seconds) from delivery reports
         self._next_poll_slot = 0.0
+        # per-site BSG accounts (sites.X.api_key): (endpoint, site) → a client with the
+        # site's key for that endpoint's URL, made on first use, closed with the others
+        self._site_clients: dict[tuple[str, str], BsgClient] = {}
+        self._main_keyed: dict[str, object] = {}      # endpoint name → transport, if it uses bsg.api_key
+        self._stack: AsyncExitStack | None = None
         from engine.daemon import Pulse
         self.poll_wake = Pulse()
 
@@ -105,10 +110,13 @@ class Dispatcher:
             async with AsyncExitStack() as stack:
                 endpoints = []
                 for name, url, key, transport in specs:
-                    client = BsgClient(url, key, rate=bsg.rate, transport=transport, name=name,
-                                       on_exchange=partial(self._record_exchange, name))
+                    client = BsgClient(url, key, rate=bsg.rate, timeout=bsg.timeout, transport=transport,
+                                       name=name, on_exchange=partial(self._record_exchange, name))
                     await stack.enter_async_context(client)
                     endpoints.append(Endpoint(name, client, bsg.failover))
+                    if name == "main" or key is bsg.api_key:
+                        self._main_keyed[name] = transport
+                self._stack = stack
                 self.router = Router(endpoints)
                 await self._recover()
                 nursery.start_soon(self._send_loop)
@@ -137,6 +145,32 @@ class Dispatcher:
         log.warning("sandbox mode: no BSG api_key is configured, so messages go to the built-in fake BSG "
                     "at %s and nothing is really sent", url)
         return [("main", url, "sandbox", None)]
+
+    def client_for(self, endpoint: Endpoint, site: str | None) -> BsgClient:
+        """The client for a message of `site` through `endpoint`: the endpoint's own, or,
+        when the site has its own BSG account (sites.X.api_key) and the endpoint uses the
+        main key, a client with the site's key for the same URL (a backup with its own
+        key keeps it). Made on first use; closed at shutdown with the endpoints' clients."""
+        config = self.daemon.config.sites.get(site) if site else None
+        if config is None or config.api_key is None or endpoint.name not in self._main_keyed:
+            return endpoint.client
+        client = self._site_clients.get((endpoint.name, site))
+        if client is None:
+            bsg = self.daemon.config.bsg
+            client = BsgClient(endpoint.client.url, config.api_key, rate=bsg.rate, timeout=bsg.timeout,
+                               transport=self._main_keyed[endpoint.name], name=f"{endpoint.name}/{site}",
+                               on_exchange=partial(self._record_exchange, endpoint.name))
+            self._stack.push_async_callback(client.aclose)
+            self._site_clients[(endpoint.name, site)] = client
+        return client
+
+    def _by_account(self, rows: Sequence[OutboxRow]) -> list[list[OutboxRow]]:
+        """Rows split by the BSG account they go through (sites with their own key apart)."""
+        groups: dict[str, list[OutboxRow]] = {}
+        for row in rows:
+            site = self.daemon.config.sites.get(row.site)
+            groups.setdefault(row.site if site is not None and site.api_key is not None else "", []).append(row)
+        return list(groups.values())
 
     def _record_exchange(self, endpoint, method, path, request, status, response, seconds) -> None:
         # called by the client in the trio thread: kept in memory, written with the next batch
@@ -176,9 +210,10 @@ class Dispatcher:
         self.daemon.dispatch_wake.set()
 
     async def _lookup(self, row: OutboxRow, endpoint: Endpoint) -> Status | None:
+        client = self.client_for(endpoint, row.site)
         if row.kind == "sms":
-            return await endpoint.client.sms_status(row.leg_reference)
-        return await endpoint.client.viber_status(row.leg_reference)
+            return await client.sms_status(row.leg_reference)
+        return await client.viber_status(row.leg_reference)
 
     # ---- sending ----
     async def _send_loop(self) -> None:
@@ -220,9 +255,10 @@ class Dispatcher:
         viber = [r for r in ready if r.kind == "viber"]
         # requests go out concurrently; the client's rate cap still spaces them
         async with trio.open_nursery() as nursery:
-            for group, is_sms in ((sms, True), (viber, False)):
-                for i in range(0, len(group), REQUEST_SIZE):
-                    nursery.start_soon(self._send_group, group[i:i + REQUEST_SIZE], is_sms, endpoint)
+            for kind_rows, is_sms in ((sms, True), (viber, False)):
+                for group in self._by_account(kind_rows):
+                    for i in range(0, len(group), REQUEST_SIZE):
+                        nursery.start_soon(self._send_group, group[i:i + REQUEST_SIZE], is_sms, endpoint)
 
     async def _settle_uncertain(self, rows: Sequence[OutboxRow], target: Endpoint) -> list[OutboxRow]:
         """Messages whose last attempt may have reached another endpoint: look each up
@@ -252,7 +288,7 @@ class Dispatcher:
         return free
 
     async def _send_group(self, rows: Sequence[OutboxRow], is_sms: bool, endpoint: Endpoint) -> None:
-        client = endpoint.client
+        client = self.client_for(endpoint, rows[0].site)     # rows share an account (_by_account)
         try:
             if is_sms:
                 results = await client.send_sms(
@@ -565,7 +601,7 @@ class Dispatcher:
         """Ask BSG for one message's status (None: not known yet, or BSG unreachable)."""
         async with limiter:
             await self._poll_pace()
-            client = self.router.get(item.get("endpoint")).client
+            client = self.client_for(self.router.get(item.get("endpoint")), item.get("site"))
             try:
                 if _leg_of(item) == "sms":
                     own = item.get("omni") == "engine" and item.get("sms_reference")

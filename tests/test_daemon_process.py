@@ -180,3 +180,74 @@ def test_json_logs_and_no_secret_in_logs_traces_or_history(tmp_path):
             assert secret_key not in blob and token not in blob
     finally:
         fake.kill()
+
+
+def test_sigkill_during_failover_never_sends_a_message_through_both_endpoints(tmp_path):
+    """Herald killed at random moments while the main endpoint keeps failing in the ways
+    that leave an outcome unknown — answers too slow (the fake takes the message, Herald
+    times out) and dropped connections — with a backup beside it: in the end every phone
+    got its message exactly once, at one endpoint or the other."""
+    rounds, total = 9, 360
+    rng = random.Random(20261128)
+    main_port, backup_port, api_port = free_port(), free_port(), free_port()
+    fakes = [subprocess.Popen([sys.executable, "-m", "engine.cli", "fake-bsg", "--port", str(port),
+                               "--delivery-delay", "0.2", "--api-key", "test_key"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for port in (main_port, backup_port)]
+    main, backup = (f"http://127.0.0.1:{p}" for p in (main_port, backup_port))
+    try:
+        for url in (main, backup):
+            wait_http(f"{url}/_fake/messages")
+        config = write_project(
+            tmp_path, 'on order.created send sms to customer.phone text "Заказ #ORDER_ID#"\n', port=api_port,
+            bsg_url=main, extra="")
+        text = config.read_text(encoding="utf-8").replace(
+            "  rate: 1000\n", f"  rate: 1000\n  timeout: 1s\n  failover: {{window: 30s, failures: 2, probe: 1s}}\n"
+                              f"  backup:\n    - url: {backup}\n")
+        config.write_text(text, encoding="utf-8")
+        events = [{"type": "order.created", "id": f"evt-{i}",
+                   "data": {"order": {"id": i}, "customer": {"phone": f"+7901{i + 1000:07d}"}}} for i in range(total)]
+        per_round = total // rounds
+        url = f"http://127.0.0.1:{api_port}/events"
+        faults = [{"mode": "slow", "delay": 1.5}, {"mode": "down"}, None]
+        for r in range(rounds):
+            fault = faults[r % len(faults)]
+            if fault:
+                httpx.post(f"{main}/_fake/faults", json=fault).raise_for_status()
+            else:
+                httpx.delete(f"{main}/_fake/faults").raise_for_status()
+            proc = start_daemon(config)
+            try:
+                wait_http(f"http://127.0.0.1:{api_port}/health")
+                for event in events[r * per_round:(r + 1) * per_round]:
+                    _post_until_accepted(url, event, time.monotonic() + 30)
+                time.sleep(rng.uniform(0.3, 2.0))             # messages in flight, endpoints failing over
+                proc.kill()                                   # SIGKILL: no chance to clean up
+                proc.wait(timeout=10)
+            finally:
+                proc.kill()
+        httpx.delete(f"{main}/_fake/faults").raise_for_status()
+        proc = start_daemon(config)
+        try:
+            wait_http(f"http://127.0.0.1:{api_port}/health")
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                health = httpx.get(f"http://127.0.0.1:{api_port}/health").json()
+                if health["pending_events"] == 0 and health["queue_depth"] == 0 and health["deferred"] == 0:
+                    break
+                time.sleep(0.2)
+            code, _ = stop(proc)
+            assert code == 0
+        finally:
+            proc.kill()
+        sent = [m for url in (main, backup) for m in httpx.get(f"{url}/_fake/messages").json()["messages"]]
+        at_backup = httpx.get(f"{backup}/_fake/messages").json()["count"]
+        by_phone = Counter(m["msisdn"] for m in sent)
+        by_reference = Counter(m["reference"] for m in sent)
+        assert len(by_phone) == total, f"{total - len(by_phone)} message(s) lost"
+        assert max(by_phone.values()) == 1, [p for p, n in by_phone.items() if n > 1][:5]
+        assert max(by_reference.values()) == 1
+        assert 0 < at_backup < total                          # the failover really happened, both ways
+    finally:
+        for fake in fakes:
+            fake.kill()
