@@ -200,9 +200,9 @@ async def test_dovecot_restarted_and_stopped_for_a_while(dovecot, tmp_path, monk
             await until(lambda: daemon.connectors["mailbox"].alive)
             await append(dovecot, bitrix_mail("SALE_NEW_ORDER", subject="one"))
             await until(lambda: texts(fake) == ["one"])
-            await trio.to_thread.run_sync(dovecot.restart)              # a quick restart: no down event
+            await trio.to_thread.run_sync(dovecot.restart)              # the IDLE connection breaks
             await append(dovecot, bitrix_mail("SALE_NEW_ORDER", subject="two"))
-            await until(lambda: texts(fake) == ["one", "two"])
+            await until(lambda: "two" in texts(fake))
             await trio.to_thread.run_sync(dovecot.stop)                 # away for longer than silence
             await until(lambda: not daemon.connectors["mailbox"].alive)
             health = (await client.get("/health")).json()["connectors"]["mailbox"]
@@ -213,7 +213,11 @@ async def test_dovecot_restarted_and_stopped_for_a_while(dovecot, tmp_path, monk
             await append(dovecot, bitrix_mail("SALE_NEW_ORDER", subject="three"))
             await until(lambda: "three" in texts(fake) and "up: mailbox" in texts(fake))
             await trio.sleep(0.3)
-            assert Counter(texts(fake)) == Counter(["one", "two", "three", "down: mailbox", "up: mailbox"])
+            mails = [t for t in texts(fake) if not t.startswith(("down:", "up:"))]
+            assert mails == ["one", "two", "three"]
+            # one down and one up per outage (the restart may have been one too: silence is 0.5 s)
+            outages = Counter(t for t in texts(fake) if t not in mails)
+            assert outages["down: mailbox"] == outages["up: mailbox"] in (1, 2)
             assert daemon.connectors["mailbox"].alive
 
 
