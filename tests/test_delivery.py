@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
+from decimal import Decimal
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -378,4 +379,32 @@ async def test_operator_error_mails_once_and_failed_messages_can_be_replayed(tmp
             assert daemon.store.message(new_id)["reference"] != dead[0]["reference"]
             await wait_for(lambda: states(daemon).get("delivered") == 6, what="the held ones delivered too")
             await wait_for(lambda: len(inbox.mails) == 2, what="the recovery mail")
+        nursery.cancel_scope.cancel()
+
+
+async def test_low_balance_mails_once_and_is_an_event_rules_can_use(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rules = SMS_RULE + ('rule "balance" on provider.balance if provider.low '
+                        'send sms to "+79007770077" text "Баланс BSG: #PROVIDER_BALANCE# #PROVIDER_CURRENCY#"\n')
+    async with smtp_server() as (inbox, smtp_port), trio.open_nursery() as nursery:
+        fake = FakeBSG(delivery_delay=0.1)
+        fake.set_balance("42.5")
+        main = Endpoint(nursery, fake)
+        await main.up()
+        config = project(tmp_path, rules, main.url, smtp=smtp_port,
+                         bsg="  balance_alert: 100\n  balance_every: 1s\n")
+        async with daemon_for(config) as (daemon, client):
+            await wait_for(lambda: len(journal(daemon, "provider.balance")) >= 3, what="three balance reads")
+            low = journal(daemon, "provider.balance")[0]["provider"]
+            assert (low["name"], Decimal(low["balance"]), low["low"], low["threshold"]) == ("main", Decimal("42.5"), True, 100)
+            assert len(inbox.mails) == 1 and "balance is low" in inbox.subjects()[0]
+            # a rule reacts to the event (one SMS per read while low — the rule's author decides)
+            await wait_for(lambda: any(m["msisdn"] == "79007770077" for m in fake.messages()), what="the rule's SMS")
+            assert "Баланс BSG: 42.5" in [m for m in fake.messages() if m["msisdn"] == "79007770077"][0]["body"]
+
+            fake.set_balance("500")
+            await wait_for(lambda: len(inbox.mails) == 2, what="the recovery mail")
+            assert "back over 100" in inbox.subjects()[1]
+            await trio.sleep(1.5)
+            assert len(inbox.mails) == 2
         nursery.cancel_scope.cancel()
