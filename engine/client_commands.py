@@ -203,7 +203,8 @@ def cmd_trace(args) -> int:
         print(f"{a['at']}  {a['what']}: {a['outcome']}" + (f" [{where}]" if where else "")
               + (f" — {a['detail']}" if a["detail"] else ""))
     for x in trace["exchanges"]:
-        print(f"BSG {x['method']} {x['path']} → {x['status']} in {x['seconds']:.3f}s")
+        print(f"BSG {x.get('endpoint') or 'main'} {x['method']} {x['path']} → {x['status'] or 'no answer'} "
+              f"in {x['seconds']:.3f}s")
         print(f"  request:  {json.dumps(x['request'], ensure_ascii=False)}")
         print(f"  response: {json.dumps(x['response'], ensure_ascii=False)}")
     return 0

@@ -269,6 +269,10 @@ class Dispatcher:
 
         async def settle(row: OutboxRow) -> None:
             where = self.router.get(row.uncertain_at)
+            if not where.healthy:
+                # no use asking a tripped endpoint: wait for its probe to succeed
+                await self.daemon.db(self._wait_for_lookup, row, where.name, "")
+                return
             async with limiter:
                 try:
                     status = await self._lookup(row, where)
@@ -364,13 +368,20 @@ class Dispatcher:
                 self.store.update_message(row.id, endpoint=endpoint, uncertain_at=row.uncertain_at)
 
     def _wait_for_lookup(self, row: OutboxRow, where: str, error: str) -> None:
+        """The message may be at `where`, which cannot tell yet: it waits (its next look
+        when `where` is probed healthy, or after a back-off when it answered badly)."""
+        endpoint = self.router.get(where)
+        if error:
+            wake = self.ts() + max(backoff(max(row.attempts, 1)), self.daemon.config.bsg.failover.probe)
+        else:
+            wake = max(endpoint.probe_at or 0.0, self.ts() + 1.0)
         with self.store.transaction():
             self.store.update_message(
-                row.id, state="queued", attempts=max(row.attempts - 1, 0),
-                next_attempt_at=self.ts() + max(self.daemon.config.bsg.failover.probe, 5.0),
+                row.id, state="queued", attempts=max(row.attempts - 1, 0), next_attempt_at=wake,
                 reason=f"the last attempt's outcome at {where} is unknown; waiting for {where} to answer "
                        f"a lookup before sending anywhere else (so it is never sent twice)")
-            self._log(row.id, "lookup", "no answer", where, row, error)
+            if error:
+                self._log(row.id, "lookup", "no answer", where, row, error)
 
     def _requeue(self, row: OutboxRow, reason: str, delay: float, uncertain_at: str | None) -> None:
         self.store.update_message(row.id, state="queued", reason=reason, uncertain_at=uncertain_at,
