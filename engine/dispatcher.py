@@ -45,7 +45,10 @@ REQUEST_SIZE = 50
 POLL_CONCURRENCY = 4             # polls yield to sends: latency of new messages comes first
 POLL_SHARE = 0.5                 # status polls use at most this share of bsg.rate
 POLL_SCHEDULE = (5, 15, 60, 300, 900, 3600)          # seconds after sending, then hourly
-GIVE_UP_POLLING = timedelta(hours=73)                # SMS validity is at most 72 h
+# Polling ends when the message can no longer change: its validity (BSG's defaults,
+# which Herald does not override: SMS 72 h, Viber 24 h) plus an hour for the last report.
+GIVE_UP_POLLING = timedelta(hours=73)
+GIVE_UP_POLLING_VIBER = timedelta(hours=25)
 # With delivery reports on (bsg.callback_secret), BSG's callback is the main path to a
 # final status and polling only the fallback for reports that got lost: the first poll
 # waits this long (most messages are final by then, so it costs no request), and the
@@ -651,9 +654,13 @@ class Dispatcher:
         # a failed Viber whose SMS fallback is still on its way is not final yet
         if status is None or not status.final or any(not a.final for a in status.alt_route):
             age = now - sent_at
-            if age > GIVE_UP_POLLING.total_seconds():
-                self.store.update_message(item["id"], state="failed", reason="no final status from BSG within 73 h")
-                self._log(item["id"], "status", "failed", item.get("endpoint"), item, "no final status within 73 h")
+            # a provider omni's SMS fallback may start near the Viber validity's end
+            limit = GIVE_UP_POLLING_VIBER if _leg_of(item) == "viber" and item.get("channel") == "viber" \
+                else GIVE_UP_POLLING
+            if age > limit.total_seconds():
+                hours = f"{limit.total_seconds() / 3600:g} h"
+                self.store.update_message(item["id"], state="failed", reason=f"no final status from BSG within {hours}")
+                self._log(item["id"], "status", "failed", item.get("endpoint"), item, f"no final status within {hours}")
                 self._emit_final(item, "failed", "no final status")
                 return True
             step = sum(1 for s in POLL_SCHEDULE if s <= age)
