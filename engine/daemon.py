@@ -470,7 +470,7 @@ def _secrets_of(config: Config) -> list[str]:
     from engine.config import Secret
 
     keys = [config.bsg.api_key, *(b.api_key for b in config.bsg.backup), *config.http.tokens,
-            config.bsg.callback_secret]
+            config.bsg.callback_secret, *(site.api_key for site in config.sites.values())]
     if config.smtp is not None:
         keys.append(config.smtp.password)
     if config.directory is not None:

@@ -506,8 +506,8 @@ class Store:
     def due_polls(self, now: datetime, limit: int = 100) -> list[dict]:
         with self._lock:
             rows = self._execute(
-                "SELECT id, reference, channel, sent_at, attempts, omni, leg, sms_reference, endpoint, fallback_at, "
-                "stale_at FROM outbox WHERE state = 'sent' "
+                "SELECT id, reference, site, channel, sent_at, attempts, omni, leg, sms_reference, endpoint, "
+                "fallback_at, stale_at FROM outbox WHERE state = 'sent' "
                 "AND (next_poll_at IS NULL OR next_poll_at <= ?) ORDER BY next_poll_at LIMIT ?",
                 (to_epoch(now), limit)).fetchall()
         return [dict(r) for r in rows]
