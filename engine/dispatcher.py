@@ -240,6 +240,7 @@ class Dispatcher:
         live = [r for r in rows if not (r.stale_at is not None and now > r.stale_at)]
         if expired:
             await self.daemon.db(self._expire, expired)
+            self.daemon.events_wake.set()
         if not live:
             return
         endpoint = self.router.pick()
@@ -353,6 +354,7 @@ class Dispatcher:
                 reason = "stale: not handed to BSG before its `stale after` ran out"
                 self.store.update_message(row.id, state="expired", reason=reason)
                 self._log(row.id, "expire", "expired", None, row, reason)
+                self._emit_final({"id": row.id}, "failed", "expired")
 
     def _hold(self, rows: Sequence[OutboxRow]) -> None:
         """Every endpoint is down: the messages wait for a probe to succeed. Not an
@@ -397,6 +399,7 @@ class Dispatcher:
         self._log(row.id, "send", "unknown" if result.uncertain else str(kind), endpoint, row, reason)
         if kind == Kind.FATAL:
             self.store.update_message(row.id, state="failed", reason=reason, error_code=code, uncertain_at=None)
+            self._emit_final({"id": row.id}, "failed", f"error {code}" if code else "rejected")
         elif kind == Kind.OPERATOR:
             # the account needs attention (key, funds, tariff): keep the message, retry slowly
             self.store.update_message(row.id, state="queued", reason=reason + " (waiting for the operator)",
@@ -413,6 +416,7 @@ class Dispatcher:
         elif row.attempts >= MAX_ATTEMPTS:
             self.store.update_message(row.id, state="failed", error_code=code, uncertain_at=None,
                                       reason=f"gave up after {row.attempts} attempts; last: {reason}")
+            self._emit_final({"id": row.id}, "failed", f"error {code}" if code else "gave up")
         else:
             self.store.update_message(row.id, state="queued", reason=reason, error_code=code,
                                       uncertain_at=uncertain, next_attempt_at=self.ts() + backoff(row.attempts))
@@ -480,6 +484,8 @@ class Dispatcher:
                               f"BSG error {result.code}: the reference is already there; looking it up")
                 else:
                     self._after_failure(row, result, endpoint)
+                    final |= result.kind == Kind.FATAL or (
+                        result.kind == Kind.RETRY and not _endpoint_failure(result) and row.attempts >= MAX_ATTEMPTS)
             if any(r.kind == Kind.OK for r in results):
                 self._operator_resolved(endpoint)
         return final
@@ -703,6 +709,11 @@ class Dispatcher:
 
     def _emit_final(self, item: dict, state: str, bsg_status: str) -> None:
         message = self.store.message(item["id"])
+        cause = self.store.event(message["event"]) if message.get("event") else None
+        if cause is not None and cause.type.startswith("message."):
+            # a message sent because of a message.* event ends without one: a rule like
+            # `on message.failed send to admins …` can never feed itself
+            return
         event = Event(f"message.{state}", {"message": {
             "id": message["id"], "status": bsg_status, "channel": message["channel"], "to": message["to"],
             "rule": message["rule"], "event": message["event"], "reference": message["reference"],

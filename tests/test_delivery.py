@@ -231,7 +231,9 @@ async def test_a_dropped_request_is_looked_up_at_main_before_it_may_go_anywhere_
             every = main.references() + backup.references()
             assert len(every) == len(set(every)) == 3
             trace = (await client.get(f"/messages/{first['id']}")).json()
-            assert any(a["what"] == "lookup" for a in trace["attempts"])
+            sends = [a for a in trace["attempts"] if a["what"] == "send"]
+            assert sends[0]["outcome"] == "unknown" and sends[-1]["outcome"] == "ok"
+            assert {a["endpoint"] for a in sends} == {"main"}        # never through the backup
         nursery.cancel_scope.cancel()
 
 
@@ -368,6 +370,8 @@ async def test_operator_error_mails_once_and_failed_messages_can_be_replayed(tmp
             main.fake.set_fault("error", code=21, count=1)
             dead = await wait_for(lambda: daemon.store.messages(state="failed"), what="a dead letter")
             assert dead[0]["error_code"] == 21 and "21" in dead[0]["reason"]
+            (failed_event,) = await wait_for(lambda: journal(daemon, "message.failed"), what="message.failed")
+            assert failed_event["message"]["status"] == "error 21" and failed_event["message"]["to"] == "+79006660099"
             bad = await client.post("/messages/retry", json={"status": "sent"})
             assert bad.status_code == 400 and bad.json()["pointer"] == "/status"
             replay = await client.post("/messages/retry", json={"status": "failed", "since": "2026-01-01T00:00:00Z"})
@@ -407,4 +411,22 @@ async def test_low_balance_mails_once_and_is_an_event_rules_can_use(tmp_path, mo
             assert "back over 100" in inbox.subjects()[1]
             await trio.sleep(1.5)
             assert len(inbox.mails) == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_rule_on_message_failed_cannot_feed_itself(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rules = SMS_RULE + 'rule "tell" on message.failed send sms to "+79008880088" text "Не доставлено: #MESSAGE_TO#"\n'
+    async with trio.open_nursery() as nursery:
+        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        config = project(tmp_path, rules, main.url)
+        async with daemon_for(config) as (daemon, client):
+            main.fake.set_fault("error", code=21)              # every send fails, the admin's too
+            await client.post("/events", json=[order(1, "+79008880011")])
+            await wait_for(lambda: states(daemon) == {"failed": 2}, what=lambda: states(daemon))
+            await trio.sleep(0.5)
+            assert states(daemon) == {"failed": 2}
+            (event,) = journal(daemon, "message.failed")
+            assert event["message"]["to"] == "+79008880011"
         nursery.cancel_scope.cancel()
