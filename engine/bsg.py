@@ -804,6 +804,18 @@ class BsgClient:
                                http_status=answer.status_code)
         raise self._failure(answer, "balance")
 
+    async def incoming(self, start: str, end: str) -> list[dict]:
+        """Incoming 2-way SMS received between `start` and `end` ("YYYY-MM-DD HH:MM:SS"):
+        BSG's items ({id, msisdn, sender, body, time}) as they come."""
+        from urllib.parse import urlencode
+        answer = await self._exchange("GET", "/sms/2wayIncoming?" + urlencode({"start_date": start,
+                                                                               "end_date": end}))
+        body = answer.body
+        if isinstance(body, dict) and 200 <= answer.status_code < 300 and not (_code(body) or 0):
+            items = body.get("result", [])
+            return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+        raise self._failure(answer, "incoming SMS")
+
 
 def clients_from_config(cfg: Any, **kw: Any) -> list[BsgClient]:
     """The main client of a BsgConfig, then one per backup endpoint ("backup1", …);

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--department", action="append", metavar="NAME",
                    help="everyone in this department (and its sub-departments) in the directory; repeatable")
     p.add_argument("--group", action="append", metavar="NAME", help="every member of this group; repeatable")
+    p.add_argument("--order", metavar="ID", help="send from this order: rendered with its latest known state, "
+                                                  "to its customer unless numbers are given, on its timeline")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--text")
     group.add_argument("--template")
@@ -62,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site")
     p.add_argument("--sender")
     p.add_argument("--now", action="store_true", help="send now, outside the site's sending window too")
+
+    p = sub.add_parser("timeline", help="an entity's events, rule verdicts, messages, attempts and receipts in time order")
+    _add_config(p)
+    p.add_argument("entity", metavar="TYPE:ID", help="e.g. order:42 (order:42@s2 for another site)")
+    p.add_argument("--site", help="the site (default: the default site)")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("history", help="messages Herald queued and sent")
     _add_config(p)
@@ -90,9 +98,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("balance", help="the BSG account balance")
     _add_config(p)
 
+    _add_campaign_commands(sub)
+    p = sub.add_parser("unsubscribe", help="take a phone number off a subscription list (or all, and opt it out)")
+    _add_config(p)
+    p.add_argument("phone")
+    p.add_argument("--list", help="the list (default: every list, and the number goes on the opt-out list)")
+
     sub.add_parser("fake-bsg", help="run the fake BSG server: herald fake-bsg --port 8781 (see docs/fake-bsg.md)",
                    add_help=False)
     return parser
+
+
+def _add_campaign_commands(sub) -> None:
+    campaign = sub.add_parser("campaign", help="bulk messages to a list between a start and an end")
+    commands = campaign.add_subparsers(dest="campaign_command", required=True, metavar="ACTION")
+    p = commands.add_parser("create", help="plan a campaign (see docs/campaigns.md)")
+    _add_config(p)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--list", help="confirmed subscribers of this list")
+    who.add_argument("--csv", metavar="FILE", help="a CSV file with a phone column (other columns: macros)")
+    who.add_argument("--phones", nargs="+", metavar="PHONE")
+    who.add_argument("--department")
+    who.add_argument("--group")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--template")
+    what.add_argument("--text")
+    p.add_argument("--channel", choices=("sms", "viber", "omni"))
+    p.add_argument("--start", metavar="TIME", help="ISO 8601; without an offset, the site's local time (default: now)")
+    p.add_argument("--end", metavar="TIME", required=True, help="unsent messages are recalled then")
+    p.add_argument("--window", metavar="HH:MM-HH:MM", help="each recipient's hours (default: the site's)")
+    p.add_argument("--rate", help="messages per time, e.g. 20/s or 600/m (default 10/s)")
+    p.add_argument("--budget", help="stop when the cost would pass this amount")
+    p.add_argument("--name", help="a unique name")
+    p.add_argument("--site")
+    p.add_argument("--sender")
+    p = commands.add_parser("status", help="a campaign's progress (a live bar until done or Ctrl-C)")
+    _add_config(p)
+    p.add_argument("id", help="campaign id or name")
+    p.add_argument("--once", action="store_true", help="print one line and exit")
+    p.add_argument("--json", action="store_true")
+    p = commands.add_parser("list", help="every campaign with its counts")
+    _add_config(p)
+    for action in ("pause", "resume", "cancel"):
+        p = commands.add_parser(action, help=f"{action} a campaign")
+        _add_config(p)
+        p.add_argument("id", help="campaign id or name")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from engine import client_commands as cc
     handler = {"check": cmd_check, "simulate": cmd_simulate, "test": cmd_test, "run": cmd_run,
                "emit": cc.cmd_emit, "reload": cc.cmd_reload, "send": cc.cmd_send, "history": cc.cmd_history,
-               "trace": cc.cmd_trace, "balance": cc.cmd_balance, "retry": cc.cmd_retry}[args.command]
+               "trace": cc.cmd_trace, "timeline": cc.cmd_timeline, "balance": cc.cmd_balance, "retry": cc.cmd_retry,
+               "campaign": cc.cmd_campaign, "unsubscribe": cc.cmd_unsubscribe}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:

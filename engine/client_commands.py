@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from urllib.parse import quote
+
 import httpx
 
 from engine.config import load_config
@@ -77,7 +79,10 @@ def cmd_send(args) -> int:
             payload[key] = getattr(args, key)
     if args.now:
         payload["now"] = True
-    response = _call(args, "POST", "/messages", json=payload)
+    path = "/messages"
+    if getattr(args, "order", None):
+        path = f"/orders/{quote(str(args.order), safe='')}/messages"
+    response = _call(args, "POST", path, json=payload)
     if response.status_code != 202:
         _print_error(response)
         return 1
@@ -132,6 +137,23 @@ def cmd_balance(args) -> int:
     return 0
 
 
+def cmd_unsubscribe(args) -> int:
+    payload = {"phone": args.phone, **({"list": args.list} if args.list else {})}
+    response = _call(args, "DELETE", "/subscriptions", json=payload)
+    if response.status_code != 200:
+        _print_error(response)
+        return 1
+    body = response.json()
+    lists = ", ".join(body["cancelled"]) or "no list it was on"
+    print(f"{body['phone']}: unsubscribed from {lists}" + ("; on the opt-out list" if body["opted_out"] else ""))
+    return 0
+
+
+def cmd_campaign(args) -> int:
+    from engine import campaign_cli
+    return campaign_cli.run(args, _call, _print_error)
+
+
 def _store(args):
     from engine.store import Store
     config = load_config(args.config)
@@ -174,6 +196,24 @@ def format_table(rows: list[dict]) -> str:
 def _cell(value, width: int) -> str:
     text = "" if value is None else str(value).replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cmd_timeline(args) -> int:
+    """Read from the store: works while the daemon is down too."""
+    from engine.timeline import UnknownEntity, build_timeline, format_timeline, parse_target
+    config = load_config(args.config)
+    entity_type, entity_id, site = parse_target(args.entity, args.site or next(iter(config.sites)))
+    if args.site and "@" in args.entity and not args.entity.endswith("@" + args.site):
+        raise HeraldError(f"{args.entity} names a site and --site {args.site} another: give one")
+    if site not in config.sites:
+        raise HeraldError(f"unknown site {site!r}; configured sites: {', '.join(config.sites)}")
+    store = _store(args)
+    try:
+        timeline = build_timeline(store, entity_type, entity_id, site)
+    except UnknownEntity as exc:
+        raise HeraldError(str(exc)) from exc
+    print(json.dumps(timeline, ensure_ascii=False, indent=2) if args.json else format_timeline(timeline))
+    return 0
 
 
 def cmd_trace(args) -> int:

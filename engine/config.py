@@ -223,6 +223,21 @@ class Bitrix24Config:
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriptionsConfig:
+    """`subscriptions:` — subscription lists, the guards against SMS pumping on
+    POST /subscriptions, and how often incoming SMS are polled (docs/subscriptions.md)."""
+
+    lists: Mapping[str, str] = field(default_factory=dict)   # name → title
+    countries: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # site → calling codes (empty: any)
+    per_ip: tuple[int, float] = (5, 3600.0)       # code requests per client address per period
+    per_phone: tuple[int, float] = (3, 3600.0)    # code requests per phone number per period
+    code_attempts: int = 5                        # wrong codes before the code is void
+    code_lifetime: float = 600.0                  # seconds a confirmation code is good for
+    code_length: int = 6                          # digits
+    poll_incoming: float | None = 60.0            # seconds between BSG 2-way polls (None: off)
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectorConfig:
     """One `connectors:` item. `options` holds its other keys as plain Python values
     (dict, list, str, int, float, bool, None); every `!env`/`!secret` value, and every
@@ -271,6 +286,7 @@ class Config:
     warnings: tuple[Diagnostic, ...] = ()
     directory: DirectoryConfig | None = None   # None: no directory (lookups find no one)
     bitrix24: Bitrix24Config | None = None     # None: POST /hooks/bitrix24 answers 404
+    subscriptions: SubscriptionsConfig = SubscriptionsConfig()
 
     @property
     def default_site(self) -> Site:
@@ -736,7 +752,7 @@ class _Reader:
     # ---- sections
 
     TOP_KEYS = ("store", "rules", "templates", "timezone", "bsg", "senders", "sites",
-                "http", "smtp", "connectors", "directory", "bitrix24")
+                "http", "smtp", "connectors", "directory", "bitrix24", "subscriptions")
     BSG_KEYS = ("url", "api_key", "backup", "rate", "callback_secret", "failover", "balance_alert",
                 "balance_every", "timeout")
     FAILOVER_KEYS = ("window", "failures", "ratio", "probe", "slow_receipts")
@@ -749,6 +765,8 @@ class _Reader:
     SMTP_KEYS = ("host", "port", "from", "username", "password", "starttls")
     DIRECTORY_KEYS = ("file", "bitrix", "ttl", "groups")
     BITRIX24_KEYS = ("application_token", "site")
+    SUBSCRIPTIONS_KEYS = ("lists", "countries", "per_ip", "per_phone", "code_attempts", "code_lifetime",
+                          "code_length", "poll_incoming")
 
     def build(self, data: Any, path: Path | None) -> Config:
         root = _Val(data, Location(self.file, 1, 1), "")
@@ -773,6 +791,7 @@ class _Reader:
         connectors = self.connectors(self.child(root, "connectors"))
         directory = self.directory(self.section(root, "directory"))
         bitrix24 = self.bitrix24(self.section(root, "bitrix24"), sites)
+        subscriptions = self.subscriptions(self.section(root, "subscriptions"), sites)
 
         if self.sink.has_errors:
             raise ConfigError(self.sink.items)
@@ -780,7 +799,7 @@ class _Reader:
             path=path, base_dir=self.base_dir, store=store, rules=rules, templates=templates,
             timezone=tz, bsg=bsg, senders=senders, sites=sites, http=http,
             smtp=smtp, connectors=connectors, warnings=tuple(self.sink.items), directory=directory,
-            bitrix24=bitrix24,
+            bitrix24=bitrix24, subscriptions=subscriptions,
         )
 
     def url(self, v: _Val | None, default: str) -> str:
@@ -1114,6 +1133,13 @@ class _Reader:
             self.error(f'bitrix24.site: unknown site "{site}"', s.loc,
                        did_you_mean(site, tuple(sites)) or "configured sites: " + ", ".join(sites))
         return Bitrix24Config(application_token=token, site=site) if token is not None else None
+
+    def subscriptions(self, node: _Val | None, sites: Mapping[str, Site]) -> SubscriptionsConfig:
+        """`subscriptions: {lists: [news], countries: [7], per_ip: 5/h, ...}` (docs/subscriptions.md)."""
+        if node is None:
+            return SubscriptionsConfig()
+        from engine.subscriptions import parse_config
+        return parse_config(self, node, sites)
 
     def directory(self, node: _Val | None) -> DirectoryConfig | None:
         """`directory: {file: people.yaml}` or `directory: {bitrix: URL, ttl:, groups:}`."""

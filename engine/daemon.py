@@ -140,6 +140,11 @@ class Daemon:
                 await nursery.start(self._timers)
                 await nursery.start(self._scheduler)
                 await self._start_connectors(nursery)
+                from engine.incoming import poll_incoming
+                await nursery.start(poll_incoming, self)         # incoming SMS (subscriptions.poll_incoming)
+                from engine.campaigns import Feeder
+                self.feeder = Feeder(self)
+                await nursery.start(self.feeder.run)            # campaigns: recipients into the outbox
                 try:
                     self.http_url = await nursery.start(serve_api, self)
                 except (OSError, BaseExceptionGroup) as exc:
@@ -215,7 +220,8 @@ class Daemon:
             await self.events_wake.wait(1.0)
 
     def _evaluator(self) -> Evaluator:
-        return Evaluator(self.project, state=self.store, directory=self.directory)
+        from engine.subscriptions import SubscribedDirectory
+        return Evaluator(self.project, state=self.store, directory=SubscribedDirectory(self.directory, self.store))
 
     def _process_batch(self) -> int:
         """Process pending journal events: firings, messages, timers and entity state are
@@ -253,6 +259,9 @@ class Daemon:
         firing_id = store.add_firing(event.id, run.rule.id, version, run.fired, run.reason, trace, now)
         for m in run.messages:
             self._enqueue(m, event.site, firing_id)
+        if run.subscriptions:               # `subscribe` / `unsubscribe` actions, in the same transaction
+            from engine.subscriptions import apply_rule_actions
+            apply_rule_actions(store, run.subscriptions, event.site, now)
 
     def _enqueue(self, m: PlannedMessage, site: str, firing_id: int | None, kind: str = "rule") -> int:
         state = _OUTBOX_STATE.get(m.status, m.status)

@@ -80,6 +80,8 @@ async def _json_body(request: Request, limit: int) -> Any:
 
 
 def create_app(daemon) -> Starlette:
+    from engine.audience_http import routes as audience_routes
+
     def endpoint(fn, *, auth: bool = True):
         async def handler(request: Request):
             try:
@@ -132,6 +134,28 @@ def create_app(daemon) -> Starlette:
         from engine.manual import manual_send
         results = await manual_send(daemon, payload)
         return JSONResponse({"queued": [r["id"] for r in results], "messages": results}, status_code=202)
+
+    async def post_order_message(request: Request):
+        from engine.manual import order_send
+        from engine.timeline import UnknownEntity
+        payload = await _json_body(request, daemon.config.http.max_body)
+        try:
+            results = await order_send(daemon, request.path_params["id"], payload)
+        except UnknownEntity as exc:
+            raise ApiError(404, str(exc)) from exc
+        return JSONResponse({"queued": [r["id"] for r in results], "messages": results}, status_code=202)
+
+    async def get_timeline(request: Request):
+        from engine.timeline import UnknownEntity, build_timeline
+        site = request.query_params.get("site") or next(iter(daemon.config.sites))
+        if site not in daemon.config.sites:
+            raise ApiError(400, f"unknown site {site!r}; configured sites: {', '.join(daemon.config.sites)}")
+        try:
+            timeline = await daemon.db(build_timeline, daemon.store, request.path_params["type"],
+                                       request.path_params["id"], site)
+        except UnknownEntity as exc:
+            raise ApiError(404, str(exc)) from exc
+        return JSONResponse(timeline)
 
     async def retry_messages(request: Request):
         from engine.replay import parse_filter, replay
@@ -216,11 +240,14 @@ def create_app(daemon) -> Starlette:
         Route("/messages", endpoint(post_message), methods=["POST"]),
         Route("/messages/retry", endpoint(retry_messages), methods=["POST"]),
         Route("/messages/{id}", endpoint(get_message), methods=["GET"]),
+        Route("/orders/{id}/messages", endpoint(post_order_message), methods=["POST"]),
+        Route("/timeline/{type}/{id}", endpoint(get_timeline), methods=["GET"]),
         Route("/balance", endpoint(balance), methods=["GET"]),
         Route("/reload", endpoint(reload), methods=["POST"]),
         Route("/hooks/bitrix24", endpoint(bitrix24_hook, auth=False), methods=["POST"]),
         Route("/bsg/callback/{secret}", endpoint(bsg_callback, auth=False),
               methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),       # any other method: 404 too
+        *audience_routes(daemon, endpoint),      # subscriptions, incoming SMS, campaigns
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 

@@ -188,6 +188,52 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX attempts_message ON attempts(message_id);
     """),
+    # Campaigns, subscriptions, incoming SMS (engine/campaigns.py, engine/subscriptions.py):
+    # a campaign's recipients wait in campaign_recipients until the feeder moves them into
+    # the outbox (marked fed in the same transaction: never twice); outbox rows carry their
+    # campaign, so its counts are exact queries. Subscribers of configured lists with their
+    # confirmation codes (hashed), the opt-out list (STOP), sliding-window rate-limit hits.
+    ("0009_campaigns", """
+        ALTER TABLE outbox ADD COLUMN campaign_id INTEGER;
+        CREATE INDEX outbox_campaign ON outbox(campaign_id, state) WHERE campaign_id IS NOT NULL;
+        CREATE TABLE campaigns (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT UNIQUE, origin TEXT NOT NULL, site TEXT NOT NULL,
+            channel TEXT NOT NULL, template TEXT, text TEXT, sender TEXT, source TEXT NOT NULL,
+            start_at REAL NOT NULL, end_at REAL NOT NULL, send_window TEXT, rate REAL NOT NULL,
+            budget TEXT, state TEXT NOT NULL,  -- active paused stopped cancelled ended completed
+            reason TEXT, total INTEGER NOT NULL DEFAULT 0, recalled INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL, done_at REAL
+        );
+        CREATE TABLE campaign_recipients (
+            campaign_id INTEGER NOT NULL, seq INTEGER NOT NULL, phone TEXT NOT NULL,
+            data TEXT, tz TEXT,
+            state TEXT NOT NULL DEFAULT 'pending',          -- pending fed skipped expired cancelled
+            not_before REAL NOT NULL DEFAULT 0, message_id INTEGER, reason TEXT,
+            PRIMARY KEY (campaign_id, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX campaign_recipients_due ON campaign_recipients(campaign_id, state, not_before);
+        CREATE TABLE subscribers (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            list TEXT NOT NULL, phone TEXT NOT NULL, site TEXT NOT NULL, email TEXT,
+            state TEXT NOT NULL,                            -- pending confirmed cancelled
+            code_hash TEXT, code_expires REAL, attempts INTEGER NOT NULL DEFAULT 0,
+            codes_sent INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL, confirmed_at REAL, cancelled_at REAL,
+            UNIQUE (list, phone)
+        );
+        CREATE INDEX subscribers_phone ON subscribers(phone);
+        CREATE TABLE opt_outs (phone TEXT PRIMARY KEY, source TEXT NOT NULL, at REAL NOT NULL);
+        CREATE TABLE rate_hits (key TEXT NOT NULL, at REAL NOT NULL);
+        CREATE INDEX rate_hits_key ON rate_hits(key, at);
+    """),
+    # Timelines (engine/timeline.py): a message sent from an entity (herald send --order,
+    # POST /orders/{id}/messages) is linked to it by its entity key (order:42@s1), so the
+    # order's timeline shows it; a rule's messages are found through their events.
+    ("0010_timeline", """
+        ALTER TABLE outbox ADD COLUMN entity TEXT;
+        CREATE INDEX outbox_entity ON outbox(entity) WHERE entity IS NOT NULL;
+    """),
 ]
 
 
@@ -692,6 +738,37 @@ class Store:
             "attempts": self.attempts_of(message["id"]),
         }
 
+    def entity_events(self, entity_type: str, entity_id: str, site: str) -> list[Event]:
+        """The journaled events about one entity (`order.*` whose data.order.id is the id), oldest
+        first. A scan of the journal: timelines are read by people, one at a time."""
+        with self._lock:
+            rows = self._execute(
+                "SELECT * FROM events WHERE site = ? AND (type = ? OR type LIKE ?) "
+                "AND CAST(json_extract(data, ?) AS TEXT) = ? ORDER BY seq",
+                (site, entity_type, entity_type + ".%", f"$.{entity_type}.id", str(entity_id))).fetchall()
+        return [self._event(r) for r in rows]
+
+    def timeline_messages(self, entity_key: str, event_ids: Sequence[str]) -> list[dict]:
+        """Messages of an entity: linked to it (sent from it) or written for its events."""
+        marks = ",".join("?" * len(event_ids))
+        where = "entity = ?" + (f" OR event_id IN ({marks})" if event_ids else "")
+        with self._lock:
+            rows = self._execute(f"SELECT * FROM outbox WHERE {where} ORDER BY id",
+                                 (entity_key, *event_ids)).fetchall()
+        return [{**message_json(dict(r)), "entity": r["entity"]} for r in rows]
+
+    def timers_of(self, event_ids: Sequence[str]) -> list[dict]:
+        """`after` timers of these events: rule, due, status, reason, created_at, done_at."""
+        if not event_ids:
+            return []
+        marks = ",".join("?" * len(event_ids))
+        with self._lock:
+            rows = self._execute(f"SELECT * FROM timers WHERE event_id IN ({marks}) ORDER BY id",
+                                 tuple(event_ids)).fetchall()
+        return [{"id": r["id"], "rule": r["rule_id"], "event": r["event_id"], "due": _iso(r["due"]),
+                 "status": r["status"], "reason": r["reason"] or "", "created_at": _iso(r["created_at"]),
+                 "done_at": _iso(r["done_at"])} for r in rows]
+
     def firings_of(self, event_id: str) -> list[dict]:
         with self._lock:
             rows = self._execute("SELECT * FROM firings WHERE event_id = ? ORDER BY id", (event_id,)).fetchall()
@@ -780,6 +857,237 @@ class Store:
         for column in ("created_at", "next_attempt_at", "sent_at"):
             mail[column] = from_epoch(mail[column])
         return mail
+
+    # ---- campaigns, subscriptions, incoming SMS ----
+    def create_campaign(self, fields: Mapping[str, Any], recipients: Iterable[tuple[str, str | None, str | None]],
+                        chunk: int = 50_000) -> int:
+        """A campaign and its recipients (phone, data JSON, time zone), atomically."""
+        now = _now()
+        row = {**fields, "created_at": now, "updated_at": now}
+        with self.transaction():
+            cur = self._execute(f"INSERT INTO campaigns ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                                tuple(row.values()))
+            campaign_id = cur.lastrowid
+            total, batch = 0, []
+            for phone, data, tz in recipients:
+                total += 1
+                batch.append((campaign_id, total, phone, data, tz))
+                if len(batch) >= chunk:
+                    self._conn.executemany("INSERT INTO campaign_recipients (campaign_id, seq, phone, data, tz)"
+                                           " VALUES (?, ?, ?, ?, ?)", batch)
+                    batch = []
+            if batch:
+                self._conn.executemany("INSERT INTO campaign_recipients (campaign_id, seq, phone, data, tz)"
+                                       " VALUES (?, ?, ?, ?, ?)", batch)
+            self._execute("UPDATE campaigns SET total = ? WHERE id = ?", (total, campaign_id))
+        return campaign_id
+
+    def campaign(self, key: int | str) -> dict | None:
+        column = "id" if isinstance(key, int) or str(key).isdigit() else "name"
+        with self._lock:
+            row = self._execute(f"SELECT * FROM campaigns WHERE {column} = ?", (key,)).fetchone()
+        return dict(row) if row else None
+
+    def campaigns(self, *, live: bool = False) -> list[dict]:
+        where = " WHERE state IN ('active', 'paused', 'stopped', 'completed')" if live else ""
+        with self._lock:
+            rows = self._execute(f"SELECT * FROM campaigns{where} ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
+    def live_campaigns(self) -> list[dict]:
+        return self.campaigns(live=True)
+
+    def set_campaign_state(self, campaign_id: int, state: str, reason: str = "",
+                           only_from: Sequence[str] = ()) -> bool:
+        """Change a campaign's state (only from `only_from` when given); True when it changed."""
+        now = _now()
+        done = now if state in ("cancelled", "ended", "completed") else None
+        guard = f" AND state IN ({','.join('?' * len(only_from))})" if only_from else ""
+        with self._lock:
+            cur = self._execute(f"UPDATE campaigns SET state = ?, reason = ?, updated_at = ?, "
+                                f"done_at = COALESCE(?, done_at) WHERE id = ?{guard}",
+                                (state, reason, now, done, campaign_id, *only_from))
+        return cur.rowcount == 1
+
+    def due_recipients(self, campaign_id: int, now: float, limit: int) -> list[dict]:
+        with self._lock:
+            rows = self._execute("SELECT seq, phone, data, tz FROM campaign_recipients WHERE campaign_id = ? "
+                                 "AND state = 'pending' AND not_before <= ? ORDER BY not_before, seq LIMIT ?",
+                                 (campaign_id, now, limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    def next_recipient_due(self, campaign_id: int) -> float | None:
+        with self._lock:
+            row = self._execute("SELECT MIN(not_before) FROM campaign_recipients WHERE campaign_id = ? "
+                                "AND state = 'pending'", (campaign_id,)).fetchone()
+        return row[0]
+
+    def defer_recipients(self, campaign_id: int, items: Iterable[tuple[int, float]]) -> None:
+        """(seq, not_before): outside their window until then."""
+        with self._lock:
+            self._conn.executemany("UPDATE campaign_recipients SET not_before = ? WHERE campaign_id = ? AND seq = ?",
+                                   [(at, campaign_id, seq) for seq, at in items])
+
+    def mark_recipient(self, campaign_id: int, seq: int, state: str, message_id: int | None = None,
+                       reason: str = "") -> None:
+        """Only a pending recipient changes: a recipient is fed (or skipped) once."""
+        with self._lock:
+            cur = self._execute("UPDATE campaign_recipients SET state = ?, message_id = ?, reason = ? "
+                                "WHERE campaign_id = ? AND seq = ? AND state = 'pending'",
+                                (state, message_id, reason, campaign_id, seq))
+        if cur.rowcount != 1:
+            raise RuntimeError(f"campaign {campaign_id} recipient {seq} is not pending")
+
+    def set_message_campaign(self, message_id: int, campaign_id: int) -> None:
+        with self._lock:
+            self._execute("UPDATE outbox SET campaign_id = ? WHERE id = ?", (campaign_id, message_id))
+
+    def campaign_counts(self, campaign_id: int) -> dict:
+        """Exact figures: recipients by state, messages by state, cost (sum of BSG prices)."""
+        with self._lock:
+            recipients = dict(self._execute("SELECT state, COUNT(*) FROM campaign_recipients WHERE campaign_id = ? "
+                                            "GROUP BY state", (campaign_id,)).fetchall())
+            messages = dict(self._execute("SELECT state, COUNT(*) FROM outbox WHERE campaign_id = ? GROUP BY state",
+                                          (campaign_id,)).fetchall())
+            cost, currency, priced = self._execute(
+                "SELECT TOTAL(CAST(price AS REAL)), MAX(currency), COUNT(price) FROM outbox "
+                "WHERE campaign_id = ?", (campaign_id,)).fetchone()
+            top = self._execute("SELECT MAX(CAST(price AS REAL)) FROM outbox WHERE campaign_id = ?",
+                                (campaign_id,)).fetchone()[0]
+        return {"recipients": recipients, "messages": messages, "cost": cost, "currency": currency or "",
+                "priced": priced, "max_price": top}
+
+    def campaign_held_operator(self, campaign_id: int, codes: Sequence[int]) -> int:
+        """Queued messages of the campaign that BSG refused for an account reason (funds…)."""
+        marks = ",".join("?" * len(codes))
+        with self._lock:
+            return self._execute(f"SELECT COUNT(*) FROM outbox WHERE campaign_id = ? AND state = 'queued' "
+                                 f"AND error_code IN ({marks})", (campaign_id, *codes)).fetchone()[0]
+
+    def recall_campaign(self, campaign_id: int, state: str, reason: str) -> tuple[int, int]:
+        """Everything of the campaign not yet handed to BSG — pending recipients and its
+        queued/deferred messages — becomes `state` with `reason`. (recipients, messages)."""
+        now = _now()
+        with self.transaction():
+            people = self._execute("UPDATE campaign_recipients SET state = ?, reason = ? WHERE campaign_id = ? "
+                                   "AND state = 'pending'", (state, reason, campaign_id)).rowcount
+            messages = self._execute("UPDATE outbox SET state = ?, reason = ?, updated_at = ?, final_at = ? "
+                                     "WHERE campaign_id = ? AND state IN ('queued', 'deferred')",
+                                     (state, reason, now, now, campaign_id)).rowcount
+            if state == "expired":    # messages the dispatcher found stale at the end: same cause
+                self._execute("UPDATE outbox SET reason = ? WHERE campaign_id = ? AND state = 'expired'",
+                              (reason, campaign_id))
+            self._execute("UPDATE campaigns SET recalled = recalled + ? WHERE id = ?",
+                          (people + messages, campaign_id))
+        return people, messages
+
+    def hold_campaign(self, campaign_id: int, until: float | None, reason: str) -> int:
+        """Pause (until None: far future) or release (until = now) its queued messages."""
+        with self._lock:
+            if until is None:
+                return self._execute("UPDATE outbox SET state = 'deferred', next_attempt_at = 1e12, reason = ? "
+                                     "WHERE campaign_id = ? AND state IN ('queued', 'deferred')",
+                                     (reason, campaign_id)).rowcount
+            return self._execute("UPDATE outbox SET state = 'queued', next_attempt_at = ?, reason = ? "
+                                 "WHERE campaign_id = ? AND state = 'deferred' AND next_attempt_at >= 1e12",
+                                 (until, reason, campaign_id)).rowcount
+
+    def subscriber(self, list_name: str, phone: str) -> dict | None:
+        with self._lock:
+            row = self._execute("SELECT * FROM subscribers WHERE list = ? AND phone = ?", (list_name, phone)).fetchone()
+        return dict(row) if row else None
+
+    def put_pending_subscriber(self, list_name: str, phone: str, site: str, email: str | None, code_hash: str,
+                               expires: datetime) -> dict:
+        now = _now()
+        with self._lock:
+            row = self._execute(
+                "INSERT INTO subscribers (list, phone, site, email, state, code_hash, code_expires, codes_sent,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, 1, ?, ?) "
+                "ON CONFLICT(list, phone) DO UPDATE SET state = 'pending', site = excluded.site, "
+                "email = COALESCE(excluded.email, email), code_hash = excluded.code_hash, "
+                "code_expires = excluded.code_expires, attempts = 0, codes_sent = codes_sent + 1, "
+                "updated_at = excluded.updated_at, cancelled_at = NULL RETURNING *",
+                (list_name, phone, site, email, code_hash, to_epoch(expires), now, now)).fetchone()
+        return dict(row)
+
+    def wrong_code(self, subscriber_id: int, cap: int) -> int:
+        """Count a wrong guess; the tries left (at 0 the code is void)."""
+        with self._lock:
+            attempts = self._execute("UPDATE subscribers SET attempts = attempts + 1, updated_at = ? WHERE id = ? "
+                                     "RETURNING attempts", (_now(), subscriber_id)).fetchone()[0]
+            if attempts >= cap:
+                self._execute("UPDATE subscribers SET code_hash = NULL WHERE id = ?", (subscriber_id,))
+        return max(cap - attempts, 0)
+
+    def confirm_subscriber(self, subscriber_id: int, when: datetime) -> dict:
+        with self._lock:
+            row = self._execute("UPDATE subscribers SET state = 'confirmed', code_hash = NULL, confirmed_at = ?, "
+                                "updated_at = ? WHERE id = ? RETURNING *",
+                                (to_epoch(when), _now(), subscriber_id)).fetchone()
+            self._execute("DELETE FROM opt_outs WHERE phone = ?", (row["phone"],))
+        return dict(row)
+
+    def put_confirmed_subscriber(self, list_name: str, phone: str, site: str, when: datetime) -> None:
+        at = to_epoch(when)
+        with self._lock:
+            self._execute("INSERT INTO subscribers (list, phone, site, state, created_at, updated_at, confirmed_at)"
+                          " VALUES (?, ?, ?, 'confirmed', ?, ?, ?) ON CONFLICT(list, phone) DO UPDATE SET "
+                          "state = 'confirmed', code_hash = NULL, confirmed_at = excluded.confirmed_at, "
+                          "updated_at = excluded.updated_at, cancelled_at = NULL", (list_name, phone, site, at, at, at))
+            self._execute("DELETE FROM opt_outs WHERE phone = ?", (phone,))
+
+    def cancel_subscribers(self, phone: str, list_name: str | None, when: datetime) -> list[dict]:
+        """Cancel (phone, list), or every list of phone: the rows that were not cancelled yet."""
+        at = to_epoch(when)
+        where, params = ("phone = ? AND list = ?", (phone, list_name)) if list_name else ("phone = ?", (phone,))
+        with self._lock:
+            rows = self._execute(f"UPDATE subscribers SET state = 'cancelled', code_hash = NULL, cancelled_at = ?, "
+                                 f"updated_at = ? WHERE {where} AND state != 'cancelled' RETURNING *",
+                                 (at, at, *params)).fetchall()
+        return sorted((dict(r) for r in rows), key=lambda r: r["id"])
+
+    def confirmed_subscribers(self, list_name: str) -> list[str]:
+        with self._lock:
+            rows = self._execute("SELECT phone FROM subscribers WHERE list = ? AND state = 'confirmed' "
+                                 "AND phone NOT IN (SELECT phone FROM opt_outs) ORDER BY id", (list_name,)).fetchall()
+        return [r[0] for r in rows]
+
+    def cancelled_subscribers(self, list_name: str, phones: Iterable[str]) -> set[str]:
+        phones = list(phones)
+        out: set[str] = set()
+        with self._lock:
+            for i in range(0, len(phones), 500):
+                chunk = phones[i:i + 500]
+                out.update(r[0] for r in self._execute(
+                    f"SELECT phone FROM subscribers WHERE list = ? AND state = 'cancelled' "
+                    f"AND phone IN ({','.join('?' * len(chunk))})", (list_name, *chunk)))
+        return out
+
+    def add_opt_out(self, phone: str, source: str, when: datetime) -> None:
+        with self._lock:
+            self._execute("INSERT OR IGNORE INTO opt_outs VALUES (?, ?, ?)", (phone, source, to_epoch(when)))
+
+    def opted_out(self, phones: Iterable[str]) -> set[str]:
+        phones = list(phones)
+        out: set[str] = set()
+        with self._lock:
+            for i in range(0, len(phones), 500):
+                chunk = phones[i:i + 500]
+                out.update(r[0] for r in self._execute(
+                    f"SELECT phone FROM opt_outs WHERE phone IN ({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    def rate_hit(self, key: str, when: datetime, count: int, period: float) -> bool:
+        """Count one hit on `key` unless it already had `count` within `period`: True when allowed."""
+        at = to_epoch(when)
+        with self._lock:
+            self._execute("DELETE FROM rate_hits WHERE key = ? AND at <= ?", (key, at - period))
+            used = self._execute("SELECT COUNT(*) FROM rate_hits WHERE key = ?", (key,)).fetchone()[0]
+            if used >= count:
+                return False
+            self._execute("INSERT INTO rate_hits VALUES (?, ?)", (key, at))
+        return True
 
     def stats(self) -> dict:
         with self._lock:

@@ -1,0 +1,115 @@
+"""HTTP routes for subscriptions, incoming SMS and campaigns (docs/http-api.md).
+
+Registered by engine/http.py's `create_app` through `routes(daemon, endpoint)`; the
+`endpoint` wrapper does the bearer-token check and turns ApiError / EventError into a
+4xx JSON answer with a JSON pointer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from engine.errors import EventError
+
+
+def routes(daemon, endpoint: Callable) -> list[Route]:
+    from engine.http import ApiError, _json_body
+    from engine import campaigns, subscriptions as subs
+    from engine.incoming import parse_push
+
+    async def body(request: Request) -> Any:
+        if daemon.stopping.is_set():
+            raise ApiError(503, "herald is shutting down; send again in a moment")
+        return await _json_body(request, daemon.config.http.max_body)
+
+    def answer(fn: Callable) -> Callable:
+        async def handler(request: Request):
+            try:
+                return await fn(request)
+            except subs.SubscriptionError as exc:
+                raise ApiError(exc.status, exc.message, exc.pointer) from exc
+            except campaigns.CampaignError as exc:
+                raise ApiError(exc.status, exc.message, exc.pointer) from exc
+        return endpoint(handler)
+
+    async def subscribe(request: Request):
+        payload = await body(request)
+        req = subs.parse_subscribe(payload, daemon.config)
+        client = _client(payload, request)
+        status, result = await daemon.db(subs.subscribe, daemon.store, daemon.config, req, client,
+                                         daemon.clock.now())
+        daemon.events_wake.set()
+        return JSONResponse(result, status_code=status)
+
+    async def confirm(request: Request):
+        payload = await body(request)
+        result = await daemon.db(subs.confirm, daemon.store, daemon.config, payload, daemon.clock.now())
+        daemon.events_wake.set()
+        return JSONResponse(result)
+
+    async def unsubscribe(request: Request):
+        payload = await body(request)
+        result = await daemon.db(subs.unsubscribe, daemon.store, daemon.config, payload, daemon.clock.now())
+        daemon.events_wake.set()
+        return JSONResponse(result)
+
+    async def incoming(request: Request):
+        events = parse_push(await body(request), daemon)
+        accepted = await daemon.accept(events, "sms-push")
+        return JSONResponse({"accepted": [i for i, _ in accepted],
+                             "duplicates": [i for i, new in accepted if not new]}, status_code=202)
+
+    async def create_campaign(request: Request):
+        spec = campaigns.parse_spec(await body(request), daemon.config, daemon.project)
+        result = await daemon.db(campaigns.create, daemon, spec)
+        daemon.campaigns_wake.set()
+        return JSONResponse(result, status_code=201)
+
+    async def list_campaigns(request: Request):
+        return JSONResponse({"campaigns": await daemon.db(campaigns.list_status, daemon)})
+
+    async def get_campaign(request: Request):
+        key = request.path_params["id"]
+        result = await daemon.db(campaigns.status, daemon, key)
+        if result is None:
+            raise ApiError(404, f"no campaign {key}")
+        return JSONResponse(result)
+
+    def change(action: str) -> Callable:
+        async def handler(request: Request):
+            key = request.path_params["id"]
+            result = await daemon.db(campaigns.change_state, daemon, key, action)
+            daemon.campaigns_wake.set()
+            daemon.dispatch_wake.set()
+            return JSONResponse(result)
+        return handler
+
+    return [
+        Route("/subscriptions", answer(subscribe), methods=["POST"]),
+        Route("/subscriptions/confirm", answer(confirm), methods=["POST"]),
+        Route("/subscriptions", answer(unsubscribe), methods=["DELETE"]),
+        Route("/subscriptions/cancel", answer(unsubscribe), methods=["POST"]),
+        Route("/sms/incoming", answer(incoming), methods=["POST"]),
+        Route("/campaigns", answer(create_campaign), methods=["POST"]),
+        Route("/campaigns", answer(list_campaigns), methods=["GET"]),
+        Route("/campaigns/{id}", answer(get_campaign), methods=["GET"]),
+        *(Route(f"/campaigns/{{id}}/{action}", answer(change(action)), methods=["POST"])
+          for action in ("pause", "resume", "cancel")),
+    ]
+
+
+def _client(payload: Any, request: Request) -> str:
+    """The visitor's address for the per-IP limit: `ip` in the body (a site's backend
+    calling for its visitor says whose request it is), else the caller's own."""
+    given = payload.get("ip") if isinstance(payload, dict) else None
+    if given is not None:
+        try:
+            return str(ipaddress.ip_address(str(given).strip()))
+        except ValueError as exc:
+            raise EventError("ip must be an IP address (the visitor's)", "/ip") from exc
+    return request.client.host if request.client else "?"

@@ -1,0 +1,138 @@
+"""Incoming SMS: polled from BSG's `/sms/2wayIncoming` and pushed to `POST /sms/incoming`.
+
+Each incoming SMS becomes one `sms.received` event (EVENTS.md: `sms.from`, `sms.to`,
+`sms.text`, `sms.time`, plus BSG's `sms.id`). Its event id is `sms:ID`, so the journal
+takes it once however often it is seen: polls overlap on purpose (BSG's times have one
+second resolution, and an SMS may be listed late), and a push of an SMS a poll also
+finds is the same event.
+
+The poll's cursor (the newest time seen) is stored with the events it journals, in one
+transaction; a restart goes on from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+import trio
+
+from engine.bsg import BsgError
+from engine.errors import EventError
+from engine.events import Event, parse_time
+from engine.phones import normalize_phone
+
+log = logging.getLogger("herald.incoming")
+
+BSG_TIME = "%Y-%m-%d %H:%M:%S"
+OVERLAP = timedelta(minutes=10)       # each poll looks this far behind the cursor
+FIRST_LOOK_BACK = timedelta(hours=1)  # the very first poll
+CURSOR = ("incoming", "bsg")
+TWO_WAY_OFF = 35                      # BSG: 2-way is not active on the account
+
+
+def sms_event(item: Mapping[str, Any], site: str, now: datetime, pointer: str = "") -> Event:
+    """One incoming SMS as an `sms.received` event. Takes Herald's shape
+    {id, from, to?, text, time?, site?} or BSG's {id, msisdn, sender, body, time}."""
+    if not isinstance(item, Mapping):
+        raise EventError("an incoming SMS is an object: {id, from, text, to?, time?}", pointer)
+    sender = item.get("from", item.get("msisdn"))
+    if isinstance(sender, int) and not isinstance(sender, bool):
+        sender = str(sender)
+    if not isinstance(sender, str) or not sender.strip():
+        raise EventError("from is required: the phone number the SMS came from", f"{pointer}/from")
+    text = item.get("text", item.get("body"))
+    if not isinstance(text, str):
+        raise EventError("text is required: the SMS text (a string)", f"{pointer}/text")
+    raw = sender.strip()
+    phone = normalize_phone(raw if raw.startswith("+") or not raw.isdigit() else "+" + raw)
+    if not phone.ok:
+        raise EventError(f"from: {phone.error}", f"{pointer}/from")
+    when = _time(item.get("time"), now, f"{pointer}/time")
+    sms_id = item.get("id")
+    if sms_id is None:
+        # no id: the same SMS (number, text, second) is still one event
+        sms_id = "h" + hashlib.sha1(f"{phone.e164}|{text}|{when.isoformat()}".encode()).hexdigest()[:20]
+    elif isinstance(sms_id, bool) or not isinstance(sms_id, (str, int)) or not str(sms_id).strip():
+        raise EventError("id must be a string: the incoming SMS's id at BSG (or your own unique id)",
+                         f"{pointer}/id")
+    to = item.get("to", item.get("sender"))
+    data = {"sms": {"id": str(sms_id), "from": phone.e164, "to": str(to) if to is not None else "",
+                    "text": text, "time": when.isoformat()}}
+    return Event("sms.received", data, str(item.get("site") or site), f"sms:{sms_id}", when)
+
+
+def _time(value: Any, now: datetime, pointer: str) -> datetime:
+    if value is None:
+        return now
+    if isinstance(value, str):
+        try:                        # BSG's own format, in UTC
+            return datetime.strptime(value.strip(), BSG_TIME).replace(tzinfo=timezone.utc)
+        except ValueError:
+            pass
+    return parse_time(value, pointer)
+
+
+def parse_push(payload: Any, daemon) -> list[Event]:
+    """`POST /sms/incoming`: one SMS or a list of them."""
+    many = isinstance(payload, list)
+    items = payload if many else [payload]
+    if many and not items:
+        raise EventError("an empty list has no SMS", "")
+    sites = daemon.config.sites
+    default = next(iter(sites))
+    now = daemon.clock.now()
+    events = []
+    for i, item in enumerate(items):
+        at = f"/{i}" if many else ""
+        event = sms_event(item, default, now, at)
+        if event.site not in sites:
+            raise EventError(f"unknown site {event.site!r}", f"{at}/site")
+        events.append(event)
+    return events
+
+
+async def poll_incoming(daemon, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    """Poll BSG for incoming SMS every `subscriptions.poll_incoming` (re-read after a reload)."""
+    task_status.started()
+    quiet_until = 0.0
+    while True:
+        interval = daemon.config.subscriptions.poll_incoming
+        # the first poll waits an interval too: startup belongs to the messages waiting to go
+        await trio.sleep(interval if interval is not None else 60.0)
+        client = daemon.dispatcher.client if daemon.dispatcher is not None else None
+        if interval is None or client is None or trio.current_time() < quiet_until:
+            continue
+        try:
+            count = await poll_once(daemon, client)
+            if count:
+                log.info("incoming SMS: %d new", count)
+        except BsgError as exc:
+            if exc.code == TWO_WAY_OFF:
+                log.warning("incoming SMS: 2-way is not active on this BSG account (%s); asking again in an hour "
+                            "(set subscriptions.poll_incoming: off to stop asking)", exc.description)
+                quiet_until = trio.current_time() + 3600
+            else:
+                log.info("incoming SMS not read: %s", exc)
+
+
+async def poll_once(daemon, client) -> int:
+    """One poll: journal what is new; the number of new events."""
+    now = daemon.clock.now().astimezone(timezone.utc)
+    stored = await daemon.db(daemon.store.get_cursor, *CURSOR)
+    since = datetime.fromisoformat(stored) if stored else now - FIRST_LOOK_BACK
+    items = await client.incoming((since - OVERLAP).strftime(BSG_TIME),
+                                  (now + timedelta(minutes=1)).strftime(BSG_TIME))
+    site = next(iter(daemon.config.sites))
+    events = []
+    for item in items:
+        try:
+            events.append(sms_event(item, site, now))
+        except EventError as exc:
+            log.warning("incoming SMS %s skipped: %s", item.get("id"), exc)
+    newest = max([since, *(e.time for e in events)])
+    cursor = (*CURSOR, newest.isoformat())
+    accepted = await daemon.accept(events, "bsg-incoming", cursor)
+    return sum(1 for _, new in accepted if new)

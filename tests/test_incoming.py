@@ -1,0 +1,86 @@
+"""Incoming SMS: polled from the fake BSG's /sms/2wayIncoming and pushed to
+POST /sms/incoming; each becomes one sms.received; the shipped STOP rule."""
+
+from __future__ import annotations
+
+import trio
+
+from tests.audience_helpers import fake_and_project, journal, running, sms_to, wait_for
+
+POLL = "  lists: [news, offers]\n  poll_incoming: 1s\n"
+NEWS = 'rule "news" on order.created send sms to subscribers "news" text "Новости"\n'
+
+
+async def test_a_polled_stop_unsubscribes_from_every_list_and_is_confirmed_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path, rules=NEWS, subscriptions=POLL) as (fake, config):
+        async with running(config) as (daemon, client):
+            now = daemon.clock.now()
+            for phone in ("+79001234567", "+79007654321"):
+                for name in ("news", "offers"):
+                    await daemon.db(daemon.store.put_confirmed_subscriber, name, phone, "s1", now)
+            fake.inject_incoming("79001234567", "  сТоП ")
+            fake.inject_incoming("79007654321", "stop, but only the sales please")
+            confirmation = await wait_for(lambda: sms_to(fake, "79001234567"), what="the STOP confirmation")
+            assert confirmation == ["Вы отписаны от рассылок Shop. Сообщений больше не будет."]
+            await trio.sleep(2.5)                     # more polls see the same SMS again
+            received = journal(daemon, "sms.received")
+            assert sorted(e["sms"]["from"] for e in received) == ["+79001234567", "+79007654321"]
+            stop = next(e["sms"] for e in received if e["sms"]["from"] == "+79001234567")
+            assert stop["text"] == "  сТоП " and stop["to"] == "testsms" and stop["id"]
+            assert sms_to(fake, "79001234567") == confirmation       # confirmed once
+            cancelled = journal(daemon, "subscription.cancelled")
+            assert sorted(e["subscription"]["list"] for e in cancelled) == ["news", "offers"]
+
+            # opted out: a list message reaches only the other subscriber
+            await client.post("/events", json={"type": "order.created", "id": "o1", "data": {}})
+            await wait_for(lambda: sms_to(fake, "79007654321"), what="the news to the other subscriber")
+            await trio.sleep(0.3)
+            assert sms_to(fake, "79001234567") == confirmation
+
+
+async def test_pushes_are_journaled_once_and_match_polled_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path, subscriptions="  lists: [news]\n  poll_incoming: off\n") as (fake, config):
+        async with running(config) as (daemon, client):
+            push = {"id": "in-1", "from": "+79001112233", "to": "testsms", "text": "Когда доставка?",
+                    "time": "2026-03-02T10:00:00+03:00"}
+            first = await client.post("/sms/incoming", json=push)
+            assert first.status_code == 202 and first.json() == {"accepted": ["sms:in-1"], "duplicates": []}
+            again = await client.post("/sms/incoming", json=push)
+            assert again.json() == {"accepted": ["sms:in-1"], "duplicates": ["sms:in-1"]}
+            # BSG's own shape, forwarded as it is
+            bsg = await client.post("/sms/incoming", json=[{"id": "77", "msisdn": "79004445566", "sender": "testsms",
+                                                            "body": "OTPISKA", "time": "2026-03-02 07:00:00"}])
+            assert bsg.status_code == 202
+            events = journal(daemon, "sms.received")
+            assert [e["sms"]["from"] for e in events] == ["+79001112233", "+79004445566"]
+            assert events[1]["sms"]["time"] == "2026-03-02T07:00:00+00:00"
+            await wait_for(lambda: sms_to(fake, "79004445566"), what="the STOP confirmation")
+
+            # the same SMS found by a poll is the same event
+            from engine.incoming import poll_once
+            fake.inject_incoming("79004445566", "OTPISKA", time="2026-03-02 07:00:00")
+            assert fake.incoming("2026-03-02 00:00:00", "2026-03-03 00:00:00")["result"][0]["id"] != "77"
+            fake_id = fake.incoming("2026-03-02 00:00:00", "2026-03-03 00:00:00")["result"][0]["id"]
+            await client.post("/sms/incoming", json={"id": fake_id, "from": "+79005556677", "text": "hi"})
+            before = len(journal(daemon, "sms.received"))
+            await poll_once(daemon, daemon.dispatcher.client)
+            assert len(journal(daemon, "sms.received")) == before
+
+
+async def test_bad_pushes_say_where(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path, subscriptions="  poll_incoming: off\n") as (fake, config):
+        async with running(config) as (daemon, client):
+            cases = [({"id": "1", "text": "x"}, "/from"),
+                     ([{"id": "1", "from": "+79001112233", "text": "x"}, {"id": "2", "from": "+79001112233"}],
+                      "/1/text"),
+                     ({"id": "1", "from": "12", "text": "x"}, "/from"),
+                     ({"id": "1", "from": "+79001112233", "text": "x", "time": "yesterday"}, "/time"),
+                     ({"id": "1", "from": "+79001112233", "text": "x", "site": "s9"}, "/site"),
+                     ([], "")]
+            for body, pointer in cases:
+                r = await client.post("/sms/incoming", json=body)
+                assert r.status_code == 400 and r.json()["pointer"] == pointer, (body, r.text)
+            assert journal(daemon, "sms.received") == []
