@@ -4,22 +4,22 @@ like a rule's — recipients normalised, template rendered, window and senders a
 from __future__ import annotations
 
 import uuid
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from engine.errors import EventError
-from engine.events import Event, EventScope
+from engine.events import Event, EventScope, merge_previous
 from engine.windows import parse_window
 from grammar.model import EventTrigger, Recipient, Rule, Send
 
 CHANNELS = ("sms", "viber", "omni")
 
 
-def build_send(payload: Any, daemon) -> tuple[Send, str, Mapping]:
+def build_send(payload: Any, daemon, default_to: tuple[Recipient, ...] = ()) -> tuple[Send, str, Mapping]:
     if not isinstance(payload, Mapping):
         raise EventError("a manual send is a JSON object: {to | department | group, text | template, channel?, site?, "
                          "sender?, data?, now?}",
                          "")
-    recipients = _recipients(payload)
+    recipients = _recipients(payload, default_to)
     channel = payload.get("channel")
     if channel is not None and channel not in CHANNELS:
         raise EventError(f"channel must be one of {', '.join(CHANNELS)}", "/channel")
@@ -48,7 +48,7 @@ def build_send(payload: Any, daemon) -> tuple[Send, str, Mapping]:
     return send, site, data
 
 
-def _recipients(payload: Mapping) -> tuple[Recipient, ...]:
+def _recipients(payload: Mapping, default: tuple[Recipient, ...] = ()) -> tuple[Recipient, ...]:
     """`to` (phones), `department` and `group` (names, looked up in the directory):
     one of them at least; each a string or a list of strings."""
     out: list[Recipient] = []
@@ -65,6 +65,8 @@ def _recipients(payload: Mapping) -> tuple[Recipient, ...]:
                 raise EventError(f"{key} must be {what} or a list of them",
                                  f"/{key}" if isinstance(value, str) else f"/{key}/{i}")
             out.append(Recipient(kind, name.strip()))
+    if not out and default:
+        return default
     if not out:
         raise EventError("give the recipients: to (phone numbers), department or group (names in the directory)",
                          "/to")
@@ -75,19 +77,48 @@ async def manual_send(daemon, payload: Any) -> list[dict]:
     """Plan and queue a manual send; each recipient's own result as written: id, to,
     recipient, state (queued, deferred, or failed with the reason), send_at."""
     send, site_id, data = build_send(payload, daemon)
-    now = daemon.clock.now()
-    event = Event("manual", data, site_id, "manual-" + uuid.uuid4().hex[:16], now)
-    rule = Rule("manual", None, EventTrigger("manual"), None, None, None, (send,))
-
-    def plan_and_queue() -> list[dict]:
-        evaluator = daemon._evaluator()
-        site = evaluator.site(site_id)
-        planned = evaluator.plan_send(rule, send, event, EventScope(event), site, now)
-        with daemon.store.transaction():
-            return [_result(daemon._enqueue(m, site_id, None, kind="manual"), m) for m in planned]
-
-    results = await daemon.db(plan_and_queue)
+    results = await daemon.db(_plan_and_queue, daemon, send, site_id, lambda: data, None)
     daemon.dispatch_wake.set()
+    return results
+
+
+async def order_send(daemon, order_id: str, payload: Any) -> list[dict]:
+    """Send from an order (`herald send --order 42`, POST /orders/{id}/messages): rendered
+    with the order's latest known state (its data overlaid by the payload's `data`), to
+    the order's customer by default, and linked to the order (its timeline shows it).
+    Raises UnknownEntity when Herald has no state for that order on that site."""
+    from engine.timeline import UnknownEntity, entity_key
+
+    send, site_id, extra = build_send(payload, daemon, default_to=(Recipient("path", ("customer", "phone")),))
+    key = entity_key("order", str(order_id), site_id)
+
+    def data() -> Mapping:
+        state = daemon.store.get_state(key)
+        if state is None:
+            raise UnknownEntity(f"no order {order_id} on site {site_id}: Herald has not seen an event about it")
+        return merge_previous(state, extra)
+
+    results = await daemon.db(_plan_and_queue, daemon, send, site_id, data, key)
+    daemon.dispatch_wake.set()
+    return results
+
+
+def _plan_and_queue(daemon, send: Send, site_id: str, data: Callable[[], Mapping],
+                    entity: str | None) -> list[dict]:
+    """In the database thread: plan the send against `data()` and write its messages
+    (linked to `entity` when given) in one transaction."""
+    now = daemon.clock.now()
+    event = Event("manual", data(), site_id, "manual-" + uuid.uuid4().hex[:16], now)
+    rule = Rule("manual", None, EventTrigger("manual"), None, None, None, (send,))
+    evaluator = daemon._evaluator()
+    planned = evaluator.plan_send(rule, send, event, EventScope(event), evaluator.site(site_id), now)
+    results = []
+    with daemon.store.transaction():
+        for m in planned:
+            message_id = daemon._enqueue(m, site_id, None, kind="manual")
+            if entity is not None:
+                daemon.store.update_message(message_id, entity=entity)
+            results.append(_result(message_id, m))
     return results
 
 
