@@ -82,6 +82,18 @@ def _post_until_accepted(url: str, event: dict, deadline: float) -> None:
     raise TimeoutError(f"event {event['id']} never accepted")
 
 
+def _drain_and_stop(proc: subprocess.Popen, api_port: int, seconds: float) -> None:
+    """Wait until nothing is pending, queued or deferred, then SIGTERM: a clean exit."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        health = httpx.get(f"http://127.0.0.1:{api_port}/health").json()
+        if health["pending_events"] == 0 and health["queue_depth"] == 0 and health["deferred"] == 0:
+            break
+        time.sleep(0.2)
+    code, _ = stop(proc)
+    assert code == 0
+
+
 def test_sigkill_at_random_moments_never_loses_or_repeats_a_message(tmp_path):
     """20 rounds of SIGKILL while 1,000 messages flow: each reaches the fake BSG exactly once."""
     rounds, total = 20, 1000
@@ -119,14 +131,7 @@ def test_sigkill_at_random_moments_never_loses_or_repeats_a_message(tmp_path):
             wait_http(f"http://127.0.0.1:{api_port}/health")
             for event in events:                          # whatever a round did not post
                 _post_until_accepted(url, event, time.monotonic() + 30)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                health = httpx.get(f"http://127.0.0.1:{api_port}/health").json()
-                if health["pending_events"] == 0 and health["queue_depth"] == 0 and health["deferred"] == 0:
-                    break
-                time.sleep(0.2)
-            code, _ = stop(proc)
-            assert code == 0
+            _drain_and_stop(proc, api_port, 60)
         finally:
             proc.kill()
         sent = httpx.get(f"http://127.0.0.1:{bsg_port}/_fake/messages").json()["messages"]
@@ -230,14 +235,7 @@ def test_sigkill_during_failover_never_sends_a_message_through_both_endpoints(tm
         proc = start_daemon(config)
         try:
             wait_http(f"http://127.0.0.1:{api_port}/health")
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
-                health = httpx.get(f"http://127.0.0.1:{api_port}/health").json()
-                if health["pending_events"] == 0 and health["queue_depth"] == 0 and health["deferred"] == 0:
-                    break
-                time.sleep(0.2)
-            code, _ = stop(proc)
-            assert code == 0
+            _drain_and_stop(proc, api_port, 90)
         finally:
             proc.kill()
         sent = [m for url in (main, backup) for m in httpx.get(f"{url}/_fake/messages").json()["messages"]]
