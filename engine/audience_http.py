@@ -65,7 +65,7 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
                              "duplicates": [i for i, new in accepted if not new]}, status_code=202)
 
     async def create_campaign(request: Request):
-        spec = campaigns.parse_spec(await body(request), daemon.config, daemon.project)
+        spec = campaigns.parse_spec(await body(request), daemon.config, daemon.project, now=daemon.clock.now())
         result = await daemon.db(campaigns.create, daemon, spec)
         daemon.campaigns_wake.set()
         return JSONResponse(result, status_code=201)

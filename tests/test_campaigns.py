@@ -1,0 +1,203 @@
+"""Campaigns end to end: the daemon's feeder and dispatcher against the fake BSG over
+HTTP, with a settable clock for windows and end dates."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import trio
+
+from tests.audience_helpers import ManualClock, fake_and_project, running, wait_for
+
+MSK = timezone(timedelta(hours=3))
+START = datetime(2026, 3, 2, 8, 0, tzinfo=MSK)           # Monday 08:00 Moscow: before the window
+
+
+def phones(n: int, base: int = 79100000000) -> list[str]:
+    return [f"+{base + i}" for i in range(n)]
+
+
+async def status(client, cid) -> dict:
+    r = await client.get(f"/campaigns/{cid}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def at_fake(fake) -> Counter:
+    return Counter(m["msisdn"] for m in fake.messages("sms"))
+
+
+async def test_ten_thousand_recipients_window_restart_and_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    clock = ManualClock(START)
+    numbers = phones(10_000)
+    csv = "phone;name\n" + "".join(f"{p};Клиент {i}\n" for i, p in enumerate(numbers)) + \
+        f"{numbers[5]};дубль\nnot a phone;x\n"
+    async with fake_and_project(tmp_path, balance=1000, templates='bf: "#NAME#, скидки до 50%!"\n') as (fake, config):
+        async with running(config, clock) as (daemon, client):
+            await daemon.db(daemon.store.add_opt_out, numbers[7], "test", clock.now())
+            r = await client.post("/campaigns", json={
+                "name": "black-friday", "csv": csv, "template": "bf", "channel": "sms", "window": "10:00-20:00",
+                "rate": "1000/s", "end": "2026-03-02T18:00:00"})
+            assert r.status_code == 201, r.text
+            created = r.json()
+            cid = created["id"]
+            assert created["total"] == 10_000 and created["state"] == "running"
+            assert created["invalid"]["count"] == 1 and created["invalid"]["examples"][0].startswith("not a phone")
+            await trio.sleep(1.5)                        # the feeder looks: the window is closed
+            before = await status(client, cid)
+            assert (before["queued"], before["skipped"], before["sent"]) == (9999, 1, 0) and fake.messages() == []
+
+            clock.current = START.replace(hour=10)       # the window opens
+            await wait_for(lambda: len(fake.messages()) >= 3000, what="3000 sent before the restart")
+        first_run = len(fake.messages())
+
+        async with running(config, clock) as (daemon, client):     # a new daemon on the same store
+            await wait_for(lambda: len(fake.messages()) >= first_run + 2000, what="more sent after the restart")
+            clock.current = datetime(2026, 3, 2, 18, 0, 1, tzinfo=MSK)   # the end: the rest is recalled
+            daemon.campaigns_wake.set()
+            done = await wait_for(lambda: daemon.store.campaign(cid)["state"] == "ended", what="the end")
+            assert done
+            await trio.sleep(0.5)
+            final = await status(client, cid)
+            sent_to = at_fake(fake)
+            assert max(sent_to.values()) == 1                                  # nobody twice
+            assert "79100000007" not in sent_to                                # opted out: never
+            assert final["queued"] == 0 and final["skipped"] == 1
+            handed = final["sent"] + final["delivered"] + final["failed"]
+            assert handed == len(sent_to) == sum(sent_to.values())
+            assert final["expired"] == 10_000 - 1 - handed and final["expired"] > 0
+            assert final["total"] == handed + final["expired"] + final["skipped"]
+            expired = daemon.store.messages(state="expired", limit=5)
+            assert expired == [] or {m["reason"] for m in expired} == {"campaign ended"}
+            left = daemon.store._conn.execute("SELECT DISTINCT reason FROM campaign_recipients WHERE "
+                                              "campaign_id = ? AND state = 'expired'", (cid,)).fetchall()
+            assert [r[0] for r in left] == ["campaign ended"]
+            one = next(m for m in fake.messages("sms") if m["msisdn"] == "79100000000")
+            assert one["body"] == "Клиент 0, скидки до 50%!"
+            assert final["cost"] == f"{handed * 0.02:.2f}".rstrip("0").rstrip(".")
+
+            from engine.cli import main
+            capsys.readouterr()
+            assert await trio.to_thread.run_sync(main, ["campaign", "status", "-c", str(config), "black-friday",
+                                                        "--once"]) == 0
+            line = capsys.readouterr().out
+            assert line.startswith(f"#{cid} black-friday ended [") and f"expired {final['expired']}" in line
+
+
+async def test_budget_stops_the_campaign_with_an_alert(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path, sms_price="0.02") as (fake, config):
+        async with running(config) as (daemon, client):
+            end = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+            r = await client.post("/campaigns", json={"phones": phones(300), "text": "Sale", "channel": "sms",
+                                                      "rate": "500/s", "budget": "1.00", "end": end})
+            cid = r.json()["id"]
+            stopped = await wait_for(lambda: daemon.store.campaign(cid)["state"] == "stopped", what="the stop")
+            assert stopped
+            await trio.sleep(1.0)
+            final = await status(client, cid)
+            assert len(fake.messages()) == 50 and final["cost"] == "1" and final["queued"] == 250
+            assert final["reason"] == "budget reached: spent 1.00 EUR of 1.00"
+            incidents = daemon.alerter.open_incidents()
+            assert [i["key"] for i in incidents] == [f"campaign.stopped:{cid}"]
+            assert "budget reached" in incidents[0]["subject"]
+
+
+async def test_low_balance_stops_and_resume_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path, balance=0) as (fake, config):
+        async with running(config) as (daemon, client):
+            end = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+            r = await client.post("/campaigns", json={"phones": phones(20), "text": "Sale", "channel": "sms",
+                                                      "rate": "100/s", "end": end, "name": "spring"})
+            cid = r.json()["id"]
+            await wait_for(lambda: daemon.store.campaign(cid)["state"] == "stopped", what="the stop")
+            assert "low balance: 0" in (await status(client, cid))["reason"] and fake.messages() == []
+            assert daemon.alerter.open_incidents()[0]["key"] == f"campaign.stopped:{cid}"
+
+            fake.set_balance(100)
+            r = await client.post("/campaigns/spring/resume")
+            assert r.status_code == 200 and r.json()["state"] == "running"
+            await wait_for(lambda: len(fake.messages()) == 20, what="all 20 after the top-up")
+            assert daemon.alerter.open_incidents() == []
+
+
+async def test_pause_resume_cancel_and_a_list_campaign(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path) as (fake, config):
+        async with running(config) as (daemon, client):
+            now = daemon.clock.now()
+            for phone in phones(60):
+                await daemon.db(daemon.store.put_confirmed_subscriber, "news", phone, "s1", now)
+            end = (now + timedelta(hours=1)).isoformat()
+            from engine.cli import main
+
+            def cli(*argv: str) -> str:
+                capsys.readouterr()
+                assert main([*argv[:2], "-c", str(config), *argv[2:]]) == 0, capsys.readouterr().err
+                return capsys.readouterr().out
+
+            out = await trio.to_thread.run_sync(lambda: cli("campaign", "create", "--list", "news", "--template",
+                                                            "news", "--channel", "sms", "--rate", "20/s",
+                                                            "--end", end, "--name", "weekly"))
+            assert out.startswith("campaign 1 created: 60 recipient(s), running")
+            # one leaves the list after the campaign was planned: not messaged
+            r = await client.request("DELETE", "/subscriptions", json={"phone": phones(60)[25], "list": "news"})
+            assert r.status_code == 200
+            await wait_for(lambda: len(fake.messages()) >= 30, what="some sent")
+            paused = await trio.to_thread.run_sync(lambda: cli("campaign", "pause", "weekly"))
+            assert " paused [" in paused
+            await trio.sleep(0.5)
+            count = len(fake.messages())
+            await trio.sleep(1.0)
+            assert len(fake.messages()) == count                   # nothing goes while paused
+            await trio.to_thread.run_sync(lambda: cli("campaign", "resume", "weekly"))
+            await wait_for(lambda: len(fake.messages()) >= count + 5, what="more after resume")
+            cancelled = await trio.to_thread.run_sync(lambda: cli("campaign", "cancel", "1"))
+            assert " cancelled [" in cancelled
+            await trio.sleep(0.5)
+            final = await status(client, 1)
+            assert final["state"] == "cancelled" and final["queued"] == 0
+            sent = at_fake(fake)
+            assert max(sent.values()) == 1 and phones(60)[25].lstrip("+") not in sent
+            assert final["cancelled"] + final["skipped"] + sum(final[k] for k in ("sent", "delivered", "failed")) == 60
+            assert (final["skipped"], final["cancelled"] > 0) == (1, True), final
+            again = await client.post("/campaigns/1/resume")
+            assert again.status_code == 409
+            listing = await trio.to_thread.run_sync(lambda: cli("campaign", "list"))
+            assert listing.startswith("#1 weekly cancelled [")
+
+
+async def test_yaml_campaigns_load_once_and_bad_requests_say_where(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path) as (fake, config):
+        folder = tmp_path / "rules" / "campaigns"
+        folder.mkdir()
+        (folder / "spring.yaml").write_text(
+            "# a campaign kept in git\nphones: ['+79101112233', '+79101112234']\ntext: Весна!\nchannel: sms\n"
+            "rate: 10/s\nend: 2099-01-01T00:00:00\n", encoding="utf-8")
+        (folder / "off.yaml").write_text("enabled: false\nlist: news\ntext: x\nend: 2099-01-01T00:00:00\n",
+                                         encoding="utf-8")
+        async with running(config) as (daemon, client):
+            await wait_for(lambda: daemon.store.campaign("spring"), what="the YAML campaign")
+            assert (await client.post("/reload")).status_code == 200
+            await wait_for(lambda: len(fake.messages()) == 2, what="its two messages")
+            await trio.sleep(1.2)
+            listing = (await client.get("/campaigns")).json()["campaigns"]
+            assert [(c["name"], c["origin"], c["total"]) for c in listing] == [("spring", "yaml:spring.yaml", 2)]
+
+            cases = [({"list": "news", "text": "x"}, "/end"),
+                     ({"list": "news", "phones": ["+79101112233"], "text": "x", "end": "2099-01-01"}, "/phones"),
+                     ({"list": "news", "template": "nope", "end": "2099-01-01"}, "/template"),
+                     ({"list": "news", "text": "x", "end": "2099-01-01", "rate": "fast"}, "/rate"),
+                     ({"list": "news", "text": "x", "end": "2099-01-01", "window": "9-21"}, "/window"),
+                     ({"list": "news", "text": "x", "end": "2099-01-01", "budgett": 5}, "/budgett"),
+                     ({"list": "newz", "text": "x", "end": "2099-01-01"}, "/list"),
+                     ({"phones": ["+79101112233"], "text": "x", "end": "2000-01-01"}, "/end"),
+                     ({"name": "spring", "phones": ["+79101112233"], "text": "x", "end": "2099-01-01"}, "/name")]
+            for body, pointer in cases:
+                r = await client.post("/campaigns", json=body)
+                assert 400 <= r.status_code < 500 and r.json()["pointer"] == pointer, (body, r.text)
+            assert (await client.get("/campaigns/99")).status_code == 404
