@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check bench bench-e2e bench-sql clean
+.PHONY: run test check bench bench-e2e bench-sql bench-campaign clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ bench-e2e: $(STAMP)
 
 bench-sql: $(STAMP)
 	$(BIN)/python bench/sql_poll.py
+
+bench-campaign: $(STAMP)
+	$(BIN)/python bench/campaign.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
