@@ -122,12 +122,15 @@ class Dispatcher:
                 self._stack = stack
                 self.router = Router(endpoints)
                 await self._recover()
-                nursery.start_soon(self._send_loop)
-                nursery.start_soon(self._poll_loop)
-                nursery.start_soon(self._probe_loop)
-                nursery.start_soon(self._balance_loop)
-                task_status.started()
-                await trio.sleep_forever()
+                # the workers live inside the clients' exit stack: on shutdown they are
+                # cancelled and gone before any client closes under them
+                async with trio.open_nursery() as workers:
+                    workers.start_soon(self._send_loop)
+                    workers.start_soon(self._poll_loop)
+                    workers.start_soon(self._probe_loop)
+                    workers.start_soon(self._balance_loop)
+                    task_status.started()
+                    await trio.sleep_forever()
 
     async def _endpoint_specs(self, nursery: trio.Nursery) -> list[tuple]:
         """(name, url, key, transport) per endpoint, main first; in sandbox mode the
