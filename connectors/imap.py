@@ -249,7 +249,7 @@ class ImapConnector:
         self._limiter = trio.CapacityLimiter(1)
         self._leftovers = True            # look for mail journaled but not acknowledged (once per session)
         self._session_ok = False
-        self.outage = Outage(self.type, self.silence, log)
+        self.outage = Outage(self.type, self.silence, log, self.where)
 
     # ------------------------------------------------------------------ blocking side (threads)
 
@@ -365,7 +365,7 @@ class ImapConnector:
                 error = self._describe(exc)
                 if not isinstance(exc, _NETWORK_ERRORS):
                     log.warning("imap connector %s: unexpected %s", ctx.name, error, exc_info=True)
-                self.outage.failing_now(ctx, error, f"{self.where}: {error}")
+                self.outage.failing_now(ctx, error)
                 delay = min(self.BACKOFF_MAX, self.BACKOFF_MIN * 2 ** min(failures - 1, 30))
                 await trio.sleep(delay * random.uniform(0.8, 1.2))
             finally:

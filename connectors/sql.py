@@ -38,7 +38,7 @@ The URL's password never reaches a log line, an error or /health.
 When the database fails, the connector reports down at once (`/health`), retries with
 exponential back-off (1 s … 60 s, jittered), and after `silence` seconds without a
 successful poll journals one `connector.down` event; the first successful poll after
-that journals one `connector.up`.
+that journals one `connector.up` (connectors/outage.py, shared with the IMAP connector).
 
 The `Source` protocol below is what presets implement; `MappedSource` is the one built
 from `sources:` entries. User documentation: docs/connectors/sql.md.
@@ -69,6 +69,7 @@ from sqlalchemy.engine import URL, make_url
 
 from connectors.base import ConnectorContext
 from connectors.options import number as _number, what as _what
+from connectors.outage import Outage
 from engine.config import ConnectorConfig, reveal
 from engine.errors import ConfigError, Diagnostic, EventError, Location, did_you_mean
 
@@ -89,7 +90,6 @@ DEFAULT_INTERVAL = 1.0
 DEFAULT_BATCH = 500
 DEFAULT_SILENCE = 60.0
 DEFAULT_CHARSET = "utf-8"
-DOWN_KEY = "_down"                 # cursor key: the reported outage (JSON), "" when up
 BASELINE = "baseline:"             # a source cursor with this prefix: first read still going on
 SUPPORTED = {"mysql": "pymysql", "mariadb": "pymysql", "postgresql": "psycopg", "sqlite": "pysqlite"}
 
@@ -611,13 +611,8 @@ class SqlConnector:
         self._engine_lock = threading.Lock()
         self._limiter = trio.CapacityLimiter(1)
         self._prepared: set[str] = set()
-        self._last_ok = 0.0                 # trio clock of the last successful poll (or the start)
-        self._polling_since: float | None = None   # trio clock when the running poll began
-        self._failing = False               # the last poll failed (or the running one hangs)
-        self._down_since: datetime | None = None   # wall clock of the first failure of this outage
-        self._down_reported = False         # connector.down journaled, connector.up not yet
-        self._error = ""
-        self._state_lock = trio.Lock()      # down/up events: one at a time
+        self.outage = Outage(self.type, self.silence, log, self.safe_url, noun="poll", again="polling again",
+                             hang="no answer from the database")
 
     # ------------------------------------------------------------------ option checks
 
@@ -990,7 +985,7 @@ class SqlConnector:
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watchdog, ctx)
+                nursery.start_soon(self.outage.watchdog, ctx)
                 await self._loop(ctx)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -1000,42 +995,22 @@ class SqlConnector:
         """Read back the sources' cursors and a reported outage after a restart."""
         for source in self.sources:
             self._cursors[source.name] = await ctx.get_cursor(source.name)
-        self._last_ok = trio.current_time()
-        state = await ctx.get_cursor(DOWN_KEY)
-        if state:
-            try:
-                data = json.loads(state)
-                self._down_since = datetime.fromisoformat(data["since"])
-                self._error = str(data.get("error") or "")
-                self._down_reported = True
-            except (ValueError, KeyError, TypeError):
-                pass
+        await self.outage.resume(ctx)
 
     async def _loop(self, ctx: ConnectorContext) -> None:
         failures = 0
         while True:
-            self._polling_since = trio.current_time()
+            self.outage.started()
             try:
                 more, problems = await self.poll(ctx)
             except Exception as exc:          # never BaseException: trio.Cancelled goes through
-                self._polling_since = None
                 failures += 1
                 self._failed(ctx, exc)
                 delay = min(self.BACKOFF_MAX, self.BACKOFF_MIN * 2 ** min(failures - 1, 30))
                 await trio.sleep(min(self.BACKOFF_MAX, delay * random.uniform(0.8, 1.2)))
                 continue
-            self._polling_since = None
             failures = 0
-            self._failing = False
-            self._last_ok = trio.current_time()
-            async with self._state_lock:
-                if self._down_reported:
-                    try:
-                        await self._report_up(ctx)
-                    except Exception as exc:        # Herald's own store: try again after the next poll
-                        log.error("sql connector %s: could not journal connector.up: %s", ctx.name, exc)
-                if not self._down_reported:
-                    self._down_since = None
+            await self.outage.succeeded(ctx)
             if problems:
                 ctx.down("; ".join(problems))
             else:
@@ -1122,55 +1097,7 @@ class SqlConnector:
         if not isinstance(exc, (sa.exc.SQLAlchemyError, OSError)):
             log.warning("sql connector %s: unexpected %s", ctx.name, error, exc_info=True)
         self._prepared.clear()
-        self._set_failing(ctx, error)
-
-    def _set_failing(self, ctx: ConnectorContext, error: str) -> None:
-        self._failing = True
-        self._error = error
-        if self._down_since is None:
-            self._down_since = datetime.now(timezone.utc)
-        ctx.down(f"{self.safe_url}: {error}")
-
-    async def _watchdog(self, ctx: ConnectorContext) -> None:
-        """Journals `connector.down` once `silence` seconds pass without a successful
-        poll — whether polls fail or one hangs (a server that stopped answering)."""
-        while True:
-            await trio.sleep(min(1.0, self.silence / 4))
-            now = trio.current_time()
-            if (not self._failing and self._polling_since is not None
-                    and now - self._polling_since >= self.silence):
-                self._set_failing(ctx, f"no answer from the database for {now - self._polling_since:.1f}s")
-            if self._failing and not self._down_reported and now - self._last_ok >= self.silence:
-                async with self._state_lock:
-                    if self._failing and not self._down_reported:
-                        await self._report_down(ctx)
-
-    async def _report_down(self, ctx: ConnectorContext) -> None:
-        since = self._down_since or datetime.now(timezone.utc)
-        event = {"type": "connector.down", "id": f"sql:{ctx.name}:down:{since.isoformat()}",
-                 "data": {"connector": {"name": ctx.name, "type": self.type, "status": "down",
-                                        "error": self._error, "since": since.isoformat()}}}
-        state = json.dumps({"since": since.isoformat(), "error": self._error})
-        try:
-            await ctx.emit([event], cursor=(DOWN_KEY, state))
-        except Exception as exc:
-            log.error("sql connector %s: could not journal connector.down: %s", ctx.name, exc)
-            return
-        self._down_reported = True
-        ctx.down(f"{self.safe_url}: {self._error}")      # emit marked us alive; we are not
-        log.warning("sql connector %s: no successful poll for %gs: connector.down journaled", ctx.name,
-                    self.silence)
-
-    async def _report_up(self, ctx: ConnectorContext) -> None:
-        since = self._down_since or datetime.now(timezone.utc)
-        now = datetime.now(timezone.utc)
-        event = {"type": "connector.up", "id": f"sql:{ctx.name}:up:{since.isoformat()}",
-                 "data": {"connector": {"name": ctx.name, "type": self.type, "status": "up",
-                                        "error": "", "since": now.isoformat()}}}
-        await ctx.emit([event], cursor=(DOWN_KEY, ""))
-        self._down_reported = False
-        self._error = ""
-        log.info("sql connector %s: polling again: connector.up journaled", ctx.name)
+        self.outage.failing_now(ctx, error)
 
 
 class _RowProblem(Exception):
