@@ -414,6 +414,10 @@ class Dispatcher:
             # health routing moves traffic away, and a certain miss is rerouted at once
             tripped = not self.router.get(endpoint).healthy
             delay = 0.0 if tripped and not uncertain else backoff(row.attempts)
+            if uncertain:
+                # BSG may still be working on the request that timed out: give it time to
+                # record it before anyone looks the reference up
+                delay = max(delay, 2 * self.daemon.config.bsg.timeout)
             self.store.update_message(row.id, state="queued", reason=reason, error_code=code,
                                       uncertain_at=uncertain, next_attempt_at=self.ts() + delay)
         elif row.attempts >= MAX_ATTEMPTS:
@@ -422,7 +426,9 @@ class Dispatcher:
             self._emit_final({"id": row.id}, "failed", f"error {code}" if code else "gave up")
         else:
             self.store.update_message(row.id, state="queued", reason=reason, error_code=code,
-                                      uncertain_at=uncertain, next_attempt_at=self.ts() + backoff(row.attempts))
+                                      uncertain_at=uncertain, next_attempt_at=self.ts() + max(
+                                          backoff(row.attempts),
+                                          2 * self.daemon.config.bsg.timeout if uncertain else 0.0))
 
     def _operator_alert(self, code: int, description: str, endpoint: str) -> None:
         from engine.bsg import OPERATOR_HINTS

@@ -92,6 +92,7 @@ bsg:
   url: {main}
   api_key: main_key
   rate: 1000
+  timeout: 2s
   failover: {{window: 60s, failures: 2, probe: 2s}}
 {backup_yaml}{bsg}
 sites:
