@@ -301,6 +301,26 @@ class _Dialect:
         return (f"(CASE WHEN {expr} <> '' AND {expr} NOT GLOB '*[^0-9]*' AND length({expr}) <= 18 "
                 f"THEN CAST({expr} AS INTEGER) END)")
 
+    def member_list(self, task: str, phone_auth: bool) -> str:
+        """A scalar subquery: the task's accomplices (TYPE 'A') and auditors ('U') from
+        b_tasks_member as one text, records split by RS (\\x1e), fields by US (\\x1f):
+        USER_ID, NAME, LAST_NAME, PERSONAL_PHONE, PERSONAL_MOBILE, WORK_PHONE, phone
+        registration (see `_members`)."""
+        columns = ["m.USER_ID", "mu.NAME", "mu.LAST_NAME", "mu.PERSONAL_PHONE", "mu.PERSONAL_MOBILE",
+                   "mu.WORK_PHONE", "mpa.PHONE_NUMBER" if phone_auth else None]
+        text = "CHAR" if self.name == "mysql" else "TEXT"
+        parts = [f"COALESCE(CAST({c} AS {text}), '')" if c else "''" for c in columns]
+        join = f" LEFT JOIN {PHONE_AUTH_TABLE} mpa ON mpa.USER_ID = m.USER_ID" if phone_auth else ""
+        tables = (f"FROM b_tasks_member m LEFT JOIN b_user mu ON mu.ID = m.USER_ID{join} "
+                  f"WHERE m.TASK_ID = {task} AND m.TYPE IN ('A', 'U')")
+        if self.name == "mysql":
+            record = "CONCAT(" + ", '\x1f', ".join(parts) + ")"
+            return f"(SELECT GROUP_CONCAT(DISTINCT {record} ORDER BY {record} SEPARATOR '\x1e') {tables})"
+        record = " || '\x1f' || ".join(parts)
+        if self.name == "postgresql":
+            return f"(SELECT string_agg(DISTINCT {record}, '\x1e' ORDER BY {record}) {tables})"
+        return f"(SELECT group_concat(r, '\x1e') FROM (SELECT DISTINCT {record} AS r {tables} ORDER BY r) q)"
+
     def same_text(self, column: str, expr: str) -> str:
         """column = expr for text taken out of C_FIELDS: byte-wise on MySQL, where the
         two may differ in collation ("Illegal mix of collations"); the index still serves."""
@@ -484,6 +504,28 @@ def _person(row: Mapping[str, Any], prefix: str, user_id: Any, charset: str, *ex
                                          ("personal_phone", "personal_mobile", "work_phone", "phone_auth")))
     _put(person, "phone", _phone_value(phone))
     return person
+
+
+US, RS = "\x1f", "\x1e"             # ASCII unit and record separators: never in a name or a phone
+MEMBER_FIELDS = ("id", "name", "last_name", "personal_phone", "personal_mobile", "work_phone", "phone_auth")
+
+
+def _members(value: Any, charset: str) -> list[dict]:
+    """`task.members` from `_Dialect.member_list`'s text: one `user` per member, in
+    user-id order, each once. A record cut short (MySQL's group_concat_max_len, 1024
+    bytes by default: about a dozen members) is left out rather than read wrong."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value).decode(charset, errors="replace")
+    text = value if isinstance(value, str) else ""          # not _text: it strips, and US/RS are whitespace
+    members: dict[Any, dict] = {}
+    for record in text.split(RS):
+        fields = record.split(US)
+        if len(fields) != len(MEMBER_FIELDS) or not fields[0]:
+            continue
+        row = {f"m_{name}": field or None for name, field in zip(MEMBER_FIELDS, fields)}
+        person = _person(row, "m", fields[0], charset)
+        members.setdefault(person.get("id"), person)
+    return sorted(members.values(), key=lambda p: (str(type(p.get("id"))), p.get("id")))
 
 
 def _label(cursor: str) -> str:
@@ -1003,9 +1045,12 @@ class TasksSource(_SnapshotSource):
         auth = self.catalog.has(PHONE_AUTH_TABLE)
         resp, resp_join = _user_columns("ru", "resp", auth)
         creator, creator_join = _user_columns("cu", "creator", auth)
+        members = (self.preset.dialect.member_list("k.ID", auth) if self.catalog.has("b_tasks_member")
+                   else "NULL")
         sql = ("SELECT k.ID AS id, k.TITLE AS title, k.STATUS AS status, k.PRIORITY AS priority, "
                "k.DEADLINE AS deadline, k.ZOMBIE AS zombie, k.CHANGED_DATE AS changed_at, "
-               f"k.RESPONSIBLE_ID AS resp_id, k.CREATED_BY AS creator_id, {resp}, {creator} FROM b_tasks k "
+               f"k.RESPONSIBLE_ID AS resp_id, k.CREATED_BY AS creator_id, {resp}, {creator}, "
+               f"{members} AS members FROM b_tasks k "
                f"LEFT JOIN b_user ru ON ru.ID = k.RESPONSIBLE_ID{resp_join} "
                f"LEFT JOIN b_user cu ON cu.ID = k.CREATED_BY{creator_join} WHERE {{where}}")
         return self._after("k", cursor, limit, sql)
@@ -1021,6 +1066,7 @@ class TasksSource(_SnapshotSource):
             "responsible": _person(row, "resp", row.get("resp_id"), cs) if row.get("resp_id") is not None else {},
             "creator": _person(row, "creator", row.get("creator_id"), cs) if row.get("creator_id") is not None
             else {},
+            "members": _members(row.get("members"), cs),
         }
         return {"task": task}, {}
 

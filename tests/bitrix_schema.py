@@ -1,7 +1,7 @@
 """A small Bitrix-shaped database for tests, from shared/spec/BITRIX.md.
 
 Only the tables and columns the spec names (plus the few the preset reads that it does
-not: b_subscription, b_ticket and b_tasks columns), written the way Bitrix's install
+not: b_subscription, b_ticket, b_tasks and b_tasks_member columns), written the way Bitrix's install
 SQL writes them — unquoted identifiers, so PostgreSQL folds them to lower case — in
 MariaDB, PostgreSQL or SQLite. Use it on a fresh database from tests/sqlservers.py
 (`mariadb_url`, `postgres_url`, `sqlite_url`: created and dropped per test):
@@ -61,6 +61,8 @@ TABLES: list[tuple[str, list[tuple[str, str]]]] = [
     ("b_tasks", [("ID", "id"), ("TITLE", "str:255"), ("STATUS", "str:1"), ("PRIORITY", "str:1"),
                  ("DEADLINE", "datetime"), ("RESPONSIBLE_ID", "int"), ("CREATED_BY", "int"),
                  ("CHANGED_DATE", "datetime"), ("ZOMBIE", "char")]),
+    # TYPE: O creator, R responsible, A accomplice, U auditor (Bitrix's primary key is all three)
+    ("b_tasks_member", [("TASK_ID", "int"), ("USER_ID", "int"), ("TYPE", "char")]),
 ]
 INDEXES = [("b_sale_order", "DATE_UPDATE"), ("b_sale_order_delivery", "DATE_UPDATE"),
            ("b_sale_order_props_value", "ORDER_ID")]
@@ -269,3 +271,9 @@ class BitrixShop:
 
     def update_task(self, task_id: int, **values: Any) -> None:
         self.update("b_tasks", task_id, **values, CHANGED_DATE=self.tick())
+
+    def task_member(self, task_id: int, user_id: int, kind: str = "A") -> None:
+        """A task member: A accomplice, U auditor (O creator and R responsible are
+        written too by Bitrix; the preset reads them from b_tasks)."""
+        self.execute("INSERT INTO b_tasks_member (TASK_ID, USER_ID, TYPE) VALUES (:t, :u, :k)",
+                     t=task_id, u=user_id, k=kind)

@@ -517,9 +517,40 @@ async def test_users_subscriptions_tickets_and_tasks(shop):
     c._dispose()
 
 
+async def test_task_members_are_its_accomplices_and_auditors_with_their_phones(shop):
+    customers(shop)
+    shop.user(3, "petr", "Пётр", "Ильин")
+    shop.phone_auth(3, "+79031112233")                                   # phone registration only
+    shop.user(4, "vera", "Вера", work_phone="8 903 444-55-66")
+    ctx = FakeContext()
+    c = connector(shop.url, sources=["tasks"])
+    await c.resume(ctx)
+    shop.task_member(1, 3, "A")
+    shop.task_member(1, 2, "U")
+    shop.task_member(1, 2, "A")                                          # both: one member
+    shop.task_member(1, 1, "R")                                          # the responsible: not a member
+    shop.task(1, "Позвонить клиенту", responsible=1, creator=2)
+    shop.task(2, "Без участников", responsible=1)
+    await poll(c, ctx)
+    first, second = ctx.events("task.")
+    assert first["data"]["task"]["members"] == [
+        {"id": 2, "name": "Ольга Смирнова", "phone": OLGA},
+        {"id": 3, "name": "Пётр Ильин", "phone": "+79031112233"}]
+    assert second["data"]["task"]["members"] == []
+    shop.task_member(1, 4, "U")
+    shop.update_task(1, TITLE="Позвонить клиенту сегодня")
+    await poll(c, ctx)
+    [updated] = ctx.events()[2:]
+    assert [m["id"] for m in updated["data"]["task"]["members"]] == [2, 3, 4]
+    assert updated["data"]["task"]["members"][2]["phone"] == "+79034445566"
+    assert updated["previous"]["task"]["members"] == first["data"]["task"]["members"]
+    c._dispose()
+
+
 async def test_a_portal_without_shop_support_or_tasks_tables(sqlite_url, caplog):
     shop = BitrixShop(sqlite_url).create(skip=("b_sale_order", "b_sale_order_delivery", "b_sale_status",
-                                               "b_sale_status_lang", "b_ticket", "b_tasks"))
+                                               "b_sale_status_lang", "b_ticket", "b_tasks",
+                                               "b_tasks_member"))
     try:
         shop.user(1, "anna")
         shop.mail("NEW_USER", {"USER_ID": "1", "LOGIN": "anna"})
