@@ -158,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "campaign": cc.cmd_campaign, "unsubscribe": cc.cmd_unsubscribe}[args.command]
     try:
         return handler(args)
+    except BrokenPipeError:
+        return _reader_went_away()
     except ConfigError as exc:
         print(exc.format(), file=sys.stderr)
         return 2 if args.command == "run" else 1
@@ -170,6 +172,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HeraldError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _reader_went_away() -> int:
+    """`herald timeline … | head`: the reader closed the pipe. Stop quietly, as `git log`
+    does; stdout is pointed at /dev/null so the interpreter's final flush cannot raise
+    again (and print a traceback) on the way out."""
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):        # stdout is no real file (e.g. captured by a test)
+        pass
+    return 141                           # 128 + SIGPIPE, what a shell reports for `git log | head`
 
 
 def _project(args, strict: bool = False, rules_path: Path | None = None):

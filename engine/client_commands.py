@@ -154,9 +154,11 @@ def cmd_campaign(args) -> int:
     return campaign_cli.run(args, _call, _print_error)
 
 
-def _store(args):
+def _store(args, config=None):
+    """The store, for commands that only read it: the config is loaded leniently (the
+    daemon's secrets need not be set)."""
     from engine.store import Store
-    config = load_config(args.config)
+    config = config or load_config(args.config, lenient=True)
     if not Path(config.store).exists():
         raise HeraldError(f"no store at {config.store} yet: run `herald run` first")
     return Store(config.store)
@@ -201,13 +203,13 @@ def _cell(value, width: int) -> str:
 def cmd_timeline(args) -> int:
     """Read from the store: works while the daemon is down too."""
     from engine.timeline import UnknownEntity, build_timeline, format_timeline, parse_target
-    config = load_config(args.config)
+    config = load_config(args.config, lenient=True)
     entity_type, entity_id, site = parse_target(args.entity, args.site or next(iter(config.sites)))
     if args.site and "@" in args.entity and not args.entity.endswith("@" + args.site):
         raise HeraldError(f"{args.entity} names a site and --site {args.site} another: give one")
     if site not in config.sites:
         raise HeraldError(f"unknown site {site!r}; configured sites: {', '.join(config.sites)}")
-    store = _store(args)
+    store = _store(args, config)
     try:
         timeline = build_timeline(store, entity_type, entity_id, site)
     except UnknownEntity as exc:

@@ -393,11 +393,16 @@ def _plain(v: Any) -> Any:
 class _Reader:
     """Walks the YAML tree once, building the dataclasses and collecting diagnostics."""
 
-    def __init__(self, file: str, base_dir: Path, lines: list[str], env: Mapping[str, str]):
+    def __init__(self, file: str, base_dir: Path, lines: list[str], env: Mapping[str, str],
+                 lenient: bool = False):
         self.file = file
         self.base_dir = base_dir
         self.lines = lines
         self.env = env
+        # lenient (store-only commands): an unset !env / missing !secret becomes a placeholder,
+        # and nothing is reported about a value that is one (see load_config)
+        self.lenient = lenient
+        self._placeholders: set[Location] = set()
         self.sink = DiagnosticSink()
         self._secrets: dict[str, Any] | None = None
         self._secrets_problem: str | None = None
@@ -429,6 +434,8 @@ class _Reader:
 
     def error(self, message: str, loc: Location | None, hint: str | None = None,
               *, secret: bool = False) -> None:
+        if loc is not None and loc in self._placeholders:
+            return          # about a placeholder of an unset secret: known unusable, not this command's concern
         self.sink.error(message, loc, hint=hint, source_line=self._src(loc, secret))
 
     def warning(self, message: str, loc: Location | None, hint: str | None = None,
@@ -521,11 +528,24 @@ class _Reader:
             if value is None:
                 if unset_ok:
                     return None, origin
+                if self.lenient:
+                    return self._placeholder(v, origin), origin
                 self.error(f"{v.path}: environment variable {raw.name} is not set", v.loc,
                            unset_hint or f"set it before starting Herald: export {raw.name}=...")
                 return _MISSING, origin
             return value, origin
+        if self.lenient:
+            path = self.base_dir / SECRETS_FILE
+            if self._secrets is None and self._secrets_problem is None:
+                self._load_secrets(path)
+            if self._secrets is None or raw.name not in self._secrets:
+                return self._placeholder(v, origin), origin
         return self._secret(v, raw.name), origin
+
+    def _placeholder(self, v: _Val, origin: str) -> str:
+        """An unusable stand-in for an unset secret (lenient loading only)."""
+        self._placeholders.add(v.loc)
+        return f"<unset: {origin}>"
 
     def _secret(self, v: _Val, name: str) -> Any:
         path = self.base_dir / SECRETS_FILE
@@ -1307,10 +1327,14 @@ def _problem(exc: MarkedYAMLError) -> str:
 # --------------------------------------------------------------------------- entry points
 
 def load_config(path: str | os.PathLike[str] | None = None, *,
-                env: Mapping[str, str] | None = None) -> Config:
+                env: Mapping[str, str] | None = None, lenient: bool = False) -> Config:
     """Read and validate a config file. None → `herald.yaml` in the working directory
     when it exists, else the built-in defaults. `env` defaults to os.environ.
-    Raises ConfigError carrying every problem found."""
+    Raises ConfigError carrying every problem found.
+
+    lenient is for commands that only read the store (history, timeline, trace): an
+    unset `!env` or a missing `!secret` is then no error but an unusable placeholder
+    Secret (`<unset: !env NAME>`), so they work without the daemon's secrets."""
     env = os.environ if env is None else env
     if path is None:
         if not Path(CONFIG_FILE).is_file():
@@ -1332,11 +1356,12 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     except OSError as exc:
         raise ConfigError([Diagnostic(f"cannot read the config file: {exc.strerror or exc}",
                                       Location(display))]) from None
-    return _load_text(text, display, p.absolute(), env)
+    return _load_text(text, display, p.absolute(), env, lenient)
 
 
-def _load_text(text: str, display: str, abspath: Path, env: Mapping[str, str]) -> Config:
-    reader = _Reader(display, abspath.parent, text.splitlines(), env)
+def _load_text(text: str, display: str, abspath: Path, env: Mapping[str, str],
+               lenient: bool = False) -> Config:
+    reader = _Reader(display, abspath.parent, text.splitlines(), env, lenient)
     try:
         data = _yaml().load(text)
     except MarkedYAMLError as exc:

@@ -155,6 +155,38 @@ class StaticDirectory:
     def subscribers(self, list_name: str) -> list[str]:
         return list(self.lists.get(list_name, []))
 
+    def names(self, kind: str) -> list[str] | None:
+        """The department or group names it knows (for a did-you-mean)."""
+        if kind == "department":
+            found = [*self.departments, *(d for u in self.users for d in _as_list(u.get("department")))]
+        elif kind == "group":
+            found = [g for u in self.users for g in _as_list(u.get("groups"))]
+        else:
+            return None
+        return list(dict.fromkeys(str(n) for n in found))
+
+
+def _as_list(value: Any) -> list:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+NO_DIRECTORY = "no `directory:` is configured (see docs/directory.md)"
+
+
+class NoDirectory(StaticDirectory):
+    """What `user`, `department` and `group` recipients are looked up in when the config
+    has no `directory:` section: nothing, and a department or group lookup says that is
+    why."""
+
+    def department(self, name: str) -> Lookup:
+        return Lookup(error=NO_DIRECTORY)
+
+    def group(self, name: str) -> Lookup:
+        return Lookup(error=NO_DIRECTORY)
+
+    def names(self, kind: str) -> list[str] | None:
+        return None
+
 
 def members_text(members: Iterable[tuple[str, str]]) -> str:
     return ", ".join(label for label, _ in members)
@@ -644,6 +676,20 @@ class BitrixDirectory:
             ["groups"], groups=[int(r[0]) for r in active], now=datetime.now().replace(microsecond=0))
         return Lookup(people, scope=[str(r[1] or r[2] or r[0]) for r in active])
 
+    def names(self, kind: str) -> list[str] | None:
+        """Department names (the departments information block's sections) or the group
+        names of `groups:`; None when they cannot be read."""
+        if kind == "group":
+            return list(self.groups) or None
+        if kind != "department":
+            return None
+        try:
+            iblocks = self._department_iblocks()
+            return list(dict.fromkeys(s[2] for s in self._sections(iblocks))) if iblocks else None
+        except Exception as exc:   # noqa: BLE001 — only a did-you-mean is lost
+            self._failed("department names", exc)
+            return None
+
     # -- subscription lists --
     def subscribers(self, list_name: str) -> Lookup:
         return Lookup(note="Bitrix subscription lists are not read yet")
@@ -708,7 +754,7 @@ def open_directory(cfg: Any) -> Directory:
     """The directory a `directory:` config section (engine.config.DirectoryConfig) names.
     Never raises: a Bitrix database is only connected to on the first lookup."""
     if cfg is None:
-        return StaticDirectory()
+        return NoDirectory()
     if cfg.people is not None:
         return cfg.people
     if cfg.bitrix is not None:
@@ -722,6 +768,14 @@ def lookup_user(directory: Directory, key: Any) -> tuple[str | None, str]:
         return directory.user_phone(key)
     except Exception as exc:   # noqa: BLE001 — a faulty directory must not stop the rule run
         return None, f"the directory failed ({type(exc).__name__}: {exc})"
+
+
+def known_names(directory: Any, kind: str) -> list[str] | None:
+    """The department/group names a directory can list (None when it cannot)."""
+    try:
+        return directory.names(kind)
+    except Exception:   # noqa: BLE001 — a directory without names(), or failing
+        return None
 
 
 def lookup(directory: Directory, kind: str, name: str) -> Lookup:

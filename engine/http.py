@@ -131,19 +131,19 @@ def create_app(daemon) -> Starlette:
 
     async def post_message(request: Request):
         payload = await _json_body(request, daemon.config.http.max_body)
-        from engine.manual import manual_send
+        from engine.manual import manual_send, send_answer
         results = await manual_send(daemon, payload)
-        return JSONResponse({"queued": [r["id"] for r in results], "messages": results}, status_code=202)
+        return JSONResponse(send_answer(results), status_code=202)
 
     async def post_order_message(request: Request):
-        from engine.manual import order_send
+        from engine.manual import order_send, send_answer
         from engine.timeline import UnknownEntity
         payload = await _json_body(request, daemon.config.http.max_body)
         try:
             results = await order_send(daemon, request.path_params["id"], payload)
         except UnknownEntity as exc:
             raise ApiError(404, str(exc)) from exc
-        return JSONResponse({"queued": [r["id"] for r in results], "messages": results}, status_code=202)
+        return JSONResponse(send_answer(results), status_code=202)
 
     async def get_timeline(request: Request):
         from engine.timeline import UnknownEntity, build_timeline

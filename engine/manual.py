@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable, Mapping
 
-from engine.errors import EventError
+from engine.directory import known_names, lookup
+from engine.errors import EventError, did_you_mean
 from engine.events import Event, EventScope, merge_previous
 from engine.windows import parse_window
 from grammar.model import EventTrigger, Recipient, Rule, Send
@@ -73,10 +74,58 @@ def _recipients(payload: Mapping, default: tuple[Recipient, ...] = ()) -> tuple[
     return tuple(out)
 
 
+class Unresolvable(EventError):
+    """Not one recipient of a manual send can be found (an unknown department, no
+    directory): a 400 with a pointer at the first, not a batch of failed messages."""
+
+    def __init__(self, message: str, pointer: str, hint: str | None):
+        super().__init__(message + (f"; {hint}" if hint else ""), pointer)
+        self.hint = hint
+
+    def as_json(self) -> dict:
+        return {**super().as_json(), **({"hint": self.hint} if self.hint else {})}
+
+
+# lookup errors that are the directory's fault, not the request's: those recipients get
+# failed messages with the reason, as a rule's would
+_DIRECTORY_DOWN = ("the Bitrix database failed", "the directory failed")
+
+
+def check_resolvable(daemon, send: Send, payload: Any) -> None:
+    """In the database thread (a Bitrix lookup blocks): raise Unresolvable when every
+    recipient is a department or group the directory does not know."""
+    named = [r for r in send.recipients if r.kind in ("department", "group")]
+    if not named or len(named) != len(send.recipients):
+        return
+    problems = []
+    for r in named:
+        found = lookup(daemon.directory, r.kind, r.value)
+        if not found.error or found.error.startswith(_DIRECTORY_DOWN):
+            return
+        problems.append((r, found.error))
+    r, error = problems[0]
+    hint = did_you_mean(r.value, known_names(daemon.directory, r.kind) or ())
+    message = f'{r.kind} "{r.value}": {error}'
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more: no recipient could be found)"
+    raise Unresolvable(message, _pointer(payload, r.kind, r.value), hint)
+
+
+def _pointer(payload: Any, kind: str, name: str) -> str:
+    value = payload.get(kind) if isinstance(payload, Mapping) else None
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, str) and item.strip() == name:
+                return f"/{kind}/{i}"
+    return f"/{kind}"
+
+
 async def manual_send(daemon, payload: Any) -> list[dict]:
     """Plan and queue a manual send; each recipient's own result as written: id, to,
-    recipient, state (queued, deferred, or failed with the reason), send_at."""
+    recipient, state (queued, deferred, or failed with the reason), send_at. Raises
+    Unresolvable when no recipient can be found."""
     send, site_id, data = build_send(payload, daemon)
+    await daemon.db(check_resolvable, daemon, send, payload)
     results = await daemon.db(_plan_and_queue, daemon, send, site_id, lambda: data, None)
     daemon.dispatch_wake.set()
     return results
@@ -87,15 +136,19 @@ async def order_send(daemon, order_id: str, payload: Any) -> list[dict]:
     with the order's latest known state (its data overlaid by the payload's `data`), to
     the order's customer by default, and linked to the order (its timeline shows it).
     Raises UnknownEntity when Herald has no state for that order on that site."""
-    from engine.timeline import UnknownEntity, entity_key
+    from engine.timeline import UnknownEntity, entity_key, resolve_id
 
     send, site_id, extra = build_send(payload, daemon, default_to=(Recipient("path", ("customer", "phone")),))
-    key = entity_key("order", str(order_id), site_id)
+    await daemon.db(check_resolvable, daemon, send, payload)
+    # the internal id, or else the order whose public number it is (A-42: what staff type)
+    internal, _ = await daemon.db(resolve_id, daemon.store, "order", str(order_id), site_id)
+    key = entity_key("order", internal, site_id)
 
     def data() -> Mapping:
         state = daemon.store.get_state(key)
         if state is None:
-            raise UnknownEntity(f"no order {order_id} on site {site_id}: Herald has not seen an event about it")
+            raise UnknownEntity(f"no order {order_id} on site {site_id}: Herald has not seen an event about it "
+                                "(by id or by number)")
         return merge_previous(state, extra)
 
     results = await daemon.db(_plan_and_queue, daemon, send, site_id, data, key)
@@ -118,8 +171,18 @@ def _plan_and_queue(daemon, send: Send, site_id: str, data: Callable[[], Mapping
             message_id = daemon._enqueue(m, site_id, None, kind="manual")
             if entity is not None:
                 daemon.store.update_message(message_id, entity=entity)
+            if m.status == "deferred":      # why it waits, kept after the reason is cleared by the send
+                daemon.store.add_attempt(message_id, "defer", "deferred", detail=m.reason)
             results.append(_result(message_id, m))
     return results
+
+
+def send_answer(results: list[dict]) -> dict:
+    """The body of a 202 to a manual send: `queued` holds the messages that will go
+    (queued or deferred), `failed` those that will not, `messages` every result."""
+    return {"queued": [r["id"] for r in results if r["state"] in ("queued", "deferred")],
+            "failed": [r["id"] for r in results if r["state"] == "failed"],
+            "messages": results}
 
 
 def _result(message_id: int, m) -> dict:

@@ -40,6 +40,9 @@ def to_epoch(when: datetime) -> float:
     return when.timestamp()
 
 
+_LAST_EPOCH = 253402300799.0        # 9999-12-31T23:59:59Z, the last moment a datetime holds
+
+
 def from_epoch(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, timezone.utc)
 
@@ -233,6 +236,12 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0010_timeline", """
         ALTER TABLE outbox ADD COLUMN entity TEXT;
         CREATE INDEX outbox_entity ON outbox(entity) WHERE entity IS NOT NULL;
+    """),
+    # A paused campaign's messages are `held` (a state of their own), no longer `deferred`
+    # until 1e12 — a date the dispatcher could not turn into a datetime.
+    ("0011_campaign_held", """
+        UPDATE outbox SET state = 'held' WHERE state = 'deferred' AND next_attempt_at >= 1e12
+            AND campaign_id IS NOT NULL;
     """),
 ]
 
@@ -526,7 +535,9 @@ class Store:
     def next_due(self) -> datetime | None:
         with self._lock:
             row = self._execute("SELECT MIN(next_attempt_at) FROM outbox WHERE state IN ('queued', 'deferred')").fetchone()
-        return from_epoch(row[0]) if row and row[0] is not None else None
+        if not row or row[0] is None:
+            return None
+        return from_epoch(min(row[0], _LAST_EPOCH))      # a date past year 9999 must not crash the dispatcher
 
     def in_state(self, state: str, limit: int = 1000) -> list[OutboxRow]:
         with self._lock:
@@ -651,13 +662,26 @@ class Store:
             row = self._execute("SELECT * FROM outbox WHERE id = ?", (message_id,)).fetchone()
         return dict(row) if row else None
 
-    def release_held(self, codes: Sequence[int], at: float) -> int:
-        """Messages waiting on an operator error (funds, key, tariff) become due at `at`."""
+    def release_held(self, codes: Sequence[int], at: float, sites: Sequence[str] | None = None) -> int:
+        """Messages waiting on an operator error (funds, key, tariff) become due at `at`
+        — of these sites only, when given (one BSG account's messages)."""
         marks = ",".join("?" * len(codes))
+        where, params = "", []
+        if sites is not None:
+            if not sites:
+                return 0
+            where = f" AND site IN ({','.join('?' * len(sites))})"
+            params = list(sites)
         with self._lock:
             cur = self._execute(f"UPDATE outbox SET next_attempt_at = ?, updated_at = ? WHERE state = 'queued' "
-                                f"AND error_code IN ({marks}) AND next_attempt_at > ?", (at, _now(), *codes, at))
+                                f"AND error_code IN ({marks}) AND next_attempt_at > ?{where}",
+                                (at, _now(), *codes, at, *params))
         return cur.rowcount
+
+    def count_attempts(self, message_id: int, what: str, outcome: str) -> int:
+        with self._lock:
+            return self._execute("SELECT COUNT(*) FROM attempts WHERE message_id = ? AND what = ? AND outcome = ?",
+                                 (message_id, what, outcome)).fetchone()[0]
 
     def delivery_counts(self) -> dict:
         """Figures for /health: double deliveries (engine omni), uncertain outcomes, by endpoint."""
@@ -739,14 +763,36 @@ class Store:
         }
 
     def entity_events(self, entity_type: str, entity_id: str, site: str) -> list[Event]:
-        """The journaled events about one entity (`order.*` whose data.order.id is the id), oldest
-        first. A scan of the journal: timelines are read by people, one at a time."""
+        """The journaled events about one entity, oldest first: of any type, whose
+        data.TYPE.id is the id — for an order also those whose data.shipment.order_id is
+        (a shipment's events are its order's). A scan of the journal: timelines are read
+        by people, one at a time."""
+        paths = [f"$.{entity_type}.id"] + (["$.shipment.order_id"] if entity_type == "order" else [])
+        match = " OR ".join("CAST(json_extract(data, ?) AS TEXT) = ?" for _ in paths)
+        params = [p for path in paths for p in (path, str(entity_id))]
         with self._lock:
-            rows = self._execute(
-                "SELECT * FROM events WHERE site = ? AND (type = ? OR type LIKE ?) "
-                "AND CAST(json_extract(data, ?) AS TEXT) = ? ORDER BY seq",
-                (site, entity_type, entity_type + ".%", f"$.{entity_type}.id", str(entity_id))).fetchall()
+            rows = self._execute(f"SELECT * FROM events WHERE site = ? AND ({match}) ORDER BY seq",
+                                 (site, *params)).fetchall()
         return [self._event(r) for r in rows]
+
+    def entity_id_by_number(self, entity_type: str, number: str, site: str) -> str | None:
+        """The id of the entity whose data.TYPE.number is `number` (an order's public
+        number, e.g. A-42, is not its id): from the latest event that says so, else from
+        the kept states. None when no event or state carries that number."""
+        with self._lock:
+            row = self._execute(
+                "SELECT CAST(json_extract(data, ?) AS TEXT) FROM events WHERE site = ? "
+                "AND CAST(json_extract(data, ?) AS TEXT) = ? AND json_extract(data, ?) IS NOT NULL "
+                "ORDER BY seq DESC LIMIT 1",
+                (f"$.{entity_type}.id", site, f"$.{entity_type}.number", number, f"$.{entity_type}.id")).fetchone()
+            if row is None:
+                row = self._execute(
+                    "SELECT CAST(json_extract(data, ?) AS TEXT) FROM entities WHERE key LIKE ? ESCAPE '\\' "
+                    "AND CAST(json_extract(data, ?) AS TEXT) = ? AND json_extract(data, ?) IS NOT NULL "
+                    "ORDER BY updated_at DESC LIMIT 1",
+                    (f"$.{entity_type}.id", _like(entity_type) + ":%@" + _like(site), f"$.{entity_type}.number",
+                     number, f"$.{entity_type}.id")).fetchone()
+        return row[0] if row else None
 
     def timeline_messages(self, entity_key: str, event_ids: Sequence[str]) -> list[dict]:
         """Messages of an entity: linked to it (sent from it) or written for its events."""
@@ -972,7 +1018,7 @@ class Store:
             people = self._execute("UPDATE campaign_recipients SET state = ?, reason = ? WHERE campaign_id = ? "
                                    "AND state = 'pending'", (state, reason, campaign_id)).rowcount
             messages = self._execute("UPDATE outbox SET state = ?, reason = ?, updated_at = ?, final_at = ? "
-                                     "WHERE campaign_id = ? AND state IN ('queued', 'deferred')",
+                                     "WHERE campaign_id = ? AND state IN ('queued', 'deferred', 'held')",
                                      (state, reason, now, now, campaign_id)).rowcount
             if state == "expired":    # messages the dispatcher found stale at the end: same cause
                 self._execute("UPDATE outbox SET reason = ? WHERE campaign_id = ? AND state = 'expired'",
@@ -982,15 +1028,26 @@ class Store:
         return people, messages
 
     def hold_campaign(self, campaign_id: int, until: float | None, reason: str) -> int:
-        """Pause (until None: far future) or release (until = now) its queued messages."""
+        """Pause (until None) or release (until = now) its queued messages. A paused
+        campaign's messages are `held`: a state that claim_due and next_due never look
+        at, so no far-future date is needed (one crashed the dispatcher once)."""
         with self._lock:
             if until is None:
-                return self._execute("UPDATE outbox SET state = 'deferred', next_attempt_at = 1e12, reason = ? "
+                return self._execute("UPDATE outbox SET state = 'held', reason = ?, updated_at = ? "
                                      "WHERE campaign_id = ? AND state IN ('queued', 'deferred')",
-                                     (reason, campaign_id)).rowcount
-            return self._execute("UPDATE outbox SET state = 'queued', next_attempt_at = ?, reason = ? "
-                                 "WHERE campaign_id = ? AND state = 'deferred' AND next_attempt_at >= 1e12",
-                                 (until, reason, campaign_id)).rowcount
+                                     (reason, _now(), campaign_id)).rowcount
+            return self._execute("UPDATE outbox SET state = 'queued', next_attempt_at = MIN(next_attempt_at, ?), "
+                                 "reason = ?, updated_at = ? WHERE campaign_id = ? AND state = 'held'",
+                                 (until, reason, _now(), campaign_id)).rowcount
+
+    def release_campaign_held(self, campaign_id: int, codes: Sequence[int], at: float) -> int:
+        """The campaign's messages waiting on an operator error (funds…) become due at `at`,
+        the error mark cleared: an operator resumed it after fixing the cause."""
+        marks = ",".join("?" * len(codes))
+        with self._lock:
+            return self._execute(f"UPDATE outbox SET next_attempt_at = ?, error_code = NULL, updated_at = ? "
+                                 f"WHERE campaign_id = ? AND state = 'queued' AND error_code IN ({marks})",
+                                 (at, _now(), campaign_id, *codes)).rowcount
 
     def subscriber(self, list_name: str, phone: str) -> dict | None:
         with self._lock:
@@ -1064,9 +1121,15 @@ class Store:
                     f"AND phone IN ({','.join('?' * len(chunk))})", (list_name, *chunk)))
         return out
 
-    def add_opt_out(self, phone: str, source: str, when: datetime) -> None:
-        with self._lock:
+    def add_opt_out(self, phone: str, source: str, when: datetime) -> int:
+        """Put `phone` on the opt-out list and, in the same transaction, skip every campaign
+        message to it not yet handed to BSG (queued, deferred, held): how many."""
+        now = _now()
+        with self.transaction():
             self._execute("INSERT OR IGNORE INTO opt_outs VALUES (?, ?, ?)", (phone, source, to_epoch(when)))
+            return self._execute("UPDATE outbox SET state = 'skipped', reason = 'opted out', updated_at = ?, "
+                                 "final_at = ? WHERE to_phone = ? AND campaign_id IS NOT NULL "
+                                 "AND state IN ('queued', 'deferred', 'held')", (now, now, phone)).rowcount
 
     def opted_out(self, phones: Iterable[str]) -> set[str]:
         phones = list(phones)
@@ -1099,6 +1162,11 @@ class Store:
                 "deferred": counts.get("deferred", 0),
                 "oldest_queued_age": round(_now() - oldest, 3) if oldest else 0.0,
                 "pending_events": pending_events, "pending_timers": timers}
+
+
+def _like(text: str) -> str:
+    """text as a literal in a LIKE pattern (ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _iso(value: float | None) -> str | None:

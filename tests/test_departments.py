@@ -57,7 +57,9 @@ async def test_post_messages_to_a_department_sends_to_each_member_and_records_th
         assert by_state == {("+79005550001", "queued"), ("+79005550002", "queued"), ("", "failed")}
         (failed,) = [r for r in results if r["state"] == "failed"]
         assert "vera" in failed["recipient"] and "no phone" in failed["reason"]
-        assert sorted(response.json()["queued"]) == sorted(r["id"] for r in results)
+        # `queued` holds what will go, `failed` what will not
+        assert sorted(response.json()["queued"]) == sorted(r["id"] for r in results if r["state"] == "queued")
+        assert response.json()["failed"] == [failed["id"]]
         await until(lambda: len(fake.messages()) == 2)
         assert sent_to(fake) == {"79005550001": "Планёрка в 10:00", "79005550002": "Планёрка в 10:00"}
         # every recipient's result stays in the history, the failed one with its reason
@@ -76,16 +78,48 @@ async def test_post_messages_to_a_group_and_to_an_unknown_department(tmp_path, m
         assert sorted((r["to"], r["state"]) for r in response.json()["messages"]) == [
             ("", "failed"), ("+79005550001", "queued"), ("+79005550004", "queued")]
         await until(lambda: len(fake.messages()) == 2)
+        # nobody can be found: a 400 pointing at the name, with the directory's closest name
         unknown = await client.post("/messages", json={"department": "Salez", "text": "x", "channel": "sms"})
+        assert (unknown.status_code, unknown.json()["pointer"]) == (400, "/department")
+        assert "Salez" in unknown.json()["error"] and unknown.json()["hint"] == 'did you mean "Sales"?'
+        unknown = await client.post("/messages", json={"group": ["ops", "opz"], "department": "Nobody",
+                                                        "text": "x", "channel": "sms"})
+        assert unknown.status_code == 202           # ops can be found: opz and Nobody are failed messages
+        body = unknown.json()
+        assert len(body["failed"]) == 3 and len(body["queued"]) == 2   # opz, Nobody, Vera (no phone)
+        assert {r["id"] for r in body["messages"] if "opz" in r["recipient"]} <= set(body["failed"])
+        await until(lambda: len(fake.messages()) == 4)
+        unknown = await client.post("/messages", json={"group": ["ops", "opz"], "text": "x", "channel": "sms"})
         assert unknown.status_code == 202
-        (result,) = unknown.json()["messages"]
-        assert result["state"] == "failed" and "Salez" in result["recipient"] + result["reason"]
+        unknown = await client.post("/messages", json={"department": ["Sales", "Salez"], "text": "x",
+                                                        "channel": "sms", "now": True})
+        assert unknown.status_code == 202 and unknown.json()["queued"]
+        await until(lambda: len(fake.messages()) == 8)
+        gone = await client.post("/messages", json={"department": ["Nobody", "Salez"], "text": "x"})
+        assert (gone.status_code, gone.json()["pointer"]) == (400, "/department/0")
         bad = await client.post("/messages", json={"department": ["Sales", 5], "text": "x"})
         assert (bad.status_code, bad.json()["pointer"]) == (400, "/department/1")
         none = await client.post("/messages", json={"text": "x"})
         assert (none.status_code, none.json()["pointer"]) == (400, "/to")
         await trio.sleep(0.3)
-        assert len(fake.messages()) == 2
+        assert len(fake.messages()) == 8
+
+
+async def test_departments_without_a_directory_are_a_400_saying_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_bsg() as (fake, url):
+        config = write_project(tmp_path, "", port=free_port(), bsg_url=url)
+        async with herald(config) as (daemon, client):
+            response = await client.post("/messages", json={"department": "Sales", "text": "x", "channel": "sms"})
+            assert (response.status_code, response.json()["pointer"]) == (400, "/department")
+            assert "no `directory:` is configured" in response.json()["error"]
+            # with a phone beside it, the phone goes and the department's message says why it failed
+            response = await client.post("/messages", json={"department": "Sales", "to": "+79005550009",
+                                                            "text": "x", "channel": "sms", "now": True})
+            body = response.json()
+            assert response.status_code == 202 and len(body["queued"]) == 1 and len(body["failed"]) == 1
+            (failed,) = [m for m in body["messages"] if m["id"] in body["failed"]]
+            assert "no `directory:` is configured" in failed["recipient"] + failed["reason"]
 
 
 async def test_herald_send_department_prints_each_recipients_result(tmp_path, monkeypatch, capsys):
@@ -107,7 +141,7 @@ async def test_herald_send_department_prints_each_recipients_result(tmp_path, mo
             code = await trio.to_thread.run_sync(cli_main, [
                 "send", "-c", str(config), "--department", "Nobody", "--text", "x"])
             captured = capsys.readouterr()
-            assert code == 1 and "queued: 0 of 1" in captured.out
+            assert code == 1 and "error (400) at /department" in captured.err and "Nobody" in captured.err
 
 
 async def test_a_rule_sending_to_a_department_records_each_member(tmp_path, monkeypatch):
