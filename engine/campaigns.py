@@ -310,7 +310,7 @@ def status(daemon, key: int | str) -> dict | None:
     now = daemon.clock.now().timestamp()
     state = c["state"]
     shown = {"active": "scheduled" if now < c["start_at"] else "running"}.get(state, state)
-    queued = r.get("pending", 0) + sum(m.get(s, 0) for s in ("queued", "deferred", "sending"))
+    queued = r.get("pending", 0) + sum(m.get(s, 0) for s in ("queued", "deferred", "held", "sending"))
     in_flight = queued + m.get("sent", 0)
     body = {
         "id": c["id"], "name": c["name"], "state": shown, "reason": c["reason"] or "", "site": c["site"],
@@ -355,7 +355,11 @@ def change_state(daemon, key: str, action: str) -> dict:
         elif action == "resume":
             if not store.set_campaign_state(cid, "active", "", ("paused", "stopped")):
                 raise CampaignError(409, f"campaign {cid} is {state}: only a paused or stopped one can resume")
-            store.hold_campaign(cid, daemon.clock.now().timestamp(), "")
+            now = daemon.clock.now().timestamp()
+            store.hold_campaign(cid, now, "")
+            # an operator resumes after fixing the cause (a top-up): what BSG refused for it
+            # goes now, unmarked, so the funds check does not stop the campaign again at once
+            store.release_campaign_held(cid, FUNDS_CODES, now)
             if daemon.alerter is not None:
                 daemon.alerter.resolve(f"campaign.stopped:{cid}", f"Campaign {c['name'] or cid} resumed",
                                        "An operator resumed the campaign.")
@@ -464,7 +468,7 @@ class Feeder:
         cid, rate = c["id"], c["rate"]
         counts = await self.daemon.db(self.store.campaign_counts, cid)
         m = counts["messages"]
-        backlog = sum(m.get(s, 0) for s in ("queued", "deferred", "sending"))
+        backlog = sum(m.get(s, 0) for s in ("queued", "deferred", "held", "sending"))
         allowance = min(self._tokens(cid, rate), BACKLOG - backlog, CHUNK)
         budget = Decimal(c["budget"]) if c["budget"] else None
         if budget is not None:

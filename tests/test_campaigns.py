@@ -201,3 +201,75 @@ async def test_yaml_campaigns_load_once_and_bad_requests_say_where(tmp_path, mon
                 r = await client.post("/campaigns", json=body)
                 assert 400 <= r.status_code < 500 and r.json()["pointer"] == pointer, (body, r.text)
             assert (await client.get("/campaigns/99")).status_code == 404
+
+
+async def _backlog(daemon, client, fake, n: int, **extra) -> int:
+    """A running campaign of `n` whose messages all wait in the outbox (BSG answers 5xx)."""
+    fake.set_fault("5xx")
+    end = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    r = await client.post("/campaigns", json={"phones": phones(n), "text": "Sale", "channel": "sms",
+                                              "rate": "500/s", "end": end, **extra})
+    assert r.status_code == 201, r.text
+    cid = r.json()["id"]
+    await wait_for(lambda: daemon.store.campaign_counts(cid)["messages"].get("queued", 0) == n, what="the backlog")
+    return cid
+
+
+async def test_pausing_a_backlog_holds_it_and_the_daemon_survives_a_restart(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path) as (fake, config):
+        async with running(config) as (daemon, client):
+            cid = await _backlog(daemon, client, fake, 20)
+            assert (await client.post(f"/campaigns/{cid}/pause")).status_code == 200
+            await wait_for(lambda: daemon.store.campaign_counts(cid)["messages"] == {"held": 20}, what="held")
+            daemon.dispatch_wake.set()
+            await trio.sleep(1.0)                              # the dispatcher looks at the outbox
+            assert (await client.get("/health")).status_code in (200, 503)
+        async with running(config) as (daemon, client):        # a restart with held messages
+            await trio.sleep(1.0)
+            assert (await client.get("/health")).status_code in (200, 503)
+            fake.clear_faults()
+            assert (await client.post(f"/campaigns/{cid}/resume")).status_code == 200
+            await wait_for(lambda: len(fake.messages()) == 20, what="all 20 after resume")
+            assert max(at_fake(fake).values()) == 1
+
+
+async def test_a_number_that_opts_out_while_its_message_is_held_never_gets_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path, subscriptions="  lists: [news]\n  poll_incoming: off\n") as (fake, config):
+        async with running(config) as (daemon, client):
+            cid = await _backlog(daemon, client, fake, 10)
+            assert (await client.post(f"/campaigns/{cid}/pause")).status_code == 200
+            fake.clear_faults()
+            stopper = phones(10)[3]
+            r = await client.post("/sms/incoming", json={"id": "s1", "from": stopper, "text": "STOP"})
+            assert r.status_code == 202
+            await wait_for(lambda: [m for m in fake.messages() if m["msisdn"] == stopper.lstrip("+")],
+                           what="the STOP confirmation")
+            assert (await client.post(f"/campaigns/{cid}/resume")).status_code == 200
+            await wait_for(lambda: len(fake.messages()) == 10, what="the nine others and the confirmation")
+            await trio.sleep(0.5)
+            bodies = [m["body"] for m in fake.messages() if m["msisdn"] == stopper.lstrip("+")]
+            assert "Sale" not in bodies and len(bodies) == 1
+            final = await status(client, cid)
+            assert (final["skipped"], final["queued"], final["total"]) == (1, 0, 10)
+            assert final["sent"] + final["delivered"] == 9
+
+
+async def test_resume_after_a_no_funds_stop_sends_what_bsg_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path) as (fake, config):
+        async with running(config) as (daemon, client):
+            fake.set_fault("error", code=8)                    # BSG: not enough funds
+            end = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+            r = await client.post("/campaigns", json={"phones": phones(10), "text": "Sale", "channel": "sms",
+                                                      "rate": "4/s", "end": end})
+            cid = r.json()["id"]
+            await wait_for(lambda: daemon.store.campaign(cid)["state"] == "stopped", what="the no-funds stop")
+            assert "error 8" in daemon.store.campaign(cid)["reason"]
+            fake.clear_faults()                                # the account is topped up
+            assert (await client.post(f"/campaigns/{cid}/resume")).status_code == 200
+            await wait_for(lambda: len(fake.messages()) == 10, timeout=10, what="all 10 soon after resume")
+            after = daemon.store.campaign(cid)
+            assert after["state"] in ("active", "completed") and "funds" not in after["reason"]
+            assert daemon.alerter.open_incidents() == []
