@@ -203,13 +203,16 @@ def _check_expr(expr, types, config: Config, rule: Rule) -> list[Diagnostic]:
     return out
 
 
+_SITE_PATHS = (("event", "site"), ("site", "id"))     # both name the event's site
+
+
 def _site_literals(node) -> list[tuple[str, Location | None]]:
     if isinstance(node, Compare) and node.op in ("==", "!="):
         for a, b in ((node.left, node.right), (node.right, node.left)):
-            if isinstance(a, PathRef) and a.path == ("event", "site") and isinstance(b, Literal) \
+            if isinstance(a, PathRef) and a.path in _SITE_PATHS and isinstance(b, Literal) \
                     and isinstance(b.value, str):
                 return [(b.value, a.location)]
-    if isinstance(node, In) and isinstance(node.item, PathRef) and node.item.path == ("event", "site") \
+    if isinstance(node, In) and isinstance(node.item, PathRef) and node.item.path in _SITE_PATHS \
             and isinstance(node.container, Literal) and isinstance(node.container.value, tuple):
         return [(v, node.item.location) for v in node.container.value if isinstance(v, str)]
     return []
@@ -225,6 +228,27 @@ def _types_text(types: tuple[str, ...]) -> str:
 def _path_hint(path: tuple[str, ...], types: tuple[str, ...]) -> str | None:
     candidates = {".".join(p) for t in types for p in vocabulary.fields_of(t)}
     return did_you_mean(".".join(path), candidates)
+
+
+def _check_directory_name(recipient, config: Config) -> list[Diagnostic]:
+    """`to department "X"` / `to group "X"`: a warning when no directory is configured,
+    or the people file has no X (a Bitrix directory is only asked at run time)."""
+    what = f'{recipient.kind} "{recipient.value}"'
+    directory = config.directory
+    if directory is None:
+        return [Diagnostic(f"{what} will find no one: no `directory:` is configured", recipient.location,
+                           "warning", "add directory: {file: people.yaml} or directory: {bitrix: !env SHOP_DB_URL} "
+                                      "(see docs/directory.md)")]
+    people = directory.people
+    if people is None or not hasattr(people, "names"):
+        return []
+    names = people.names(recipient.kind) or []
+    if recipient.value in names:
+        return []
+    where = display_path(directory.file) if directory.file else "the directory"
+    return [Diagnostic(f"{what} is not in {where}: it will find no one", recipient.location, "warning",
+                       did_you_mean(recipient.value, names)
+                       or (f"{recipient.kind}s there: {', '.join(names)}" if names else None))]
 
 
 def _check_send(send: Send, types, config: Config, templates: TemplateSet, rule: Rule) -> list[Diagnostic]:
@@ -268,6 +292,8 @@ def _check_send(send: Send, types, config: Config, templates: TemplateSet, rule:
             phone = normalize_phone(recipient.value)
             if not phone.ok:
                 out.append(Diagnostic(phone.error, recipient.location, "error"))
+        elif recipient.kind in ("department", "group"):
+            out += _check_directory_name(recipient, config)
         elif recipient.kind == "path" and types:
             if not any(vocabulary.carries(t, recipient.value) for t in types):
                 out.append(Diagnostic(f"no {_types_text(types)} event carries {'.'.join(recipient.value)}",

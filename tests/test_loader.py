@@ -90,3 +90,46 @@ def test_a_rule_file_that_is_not_utf8_is_a_located_error(project_dir):
     with pytest.raises(RulesError) as info:
         project_dir.load()
     assert headlines(info.value) == ["rules/legacy.rules:2:1: error: the file is not UTF-8"]
+
+
+def test_site_id_literals_are_checked_like_event_site(project_dir):
+    project_dir.setup('''
+    rule "a" on order.created if site.id == "s3" send sms to customer.phone text "x"
+    rule "b" on order.created if site.id != "s" send sms to customer.phone text "x"
+    rule "c" on order.created if site.id in ["s1", "s22"] send sms to customer.phone text "x"
+    rule "d" on order.created if site.id == "s2" send sms to customer.phone text "x"
+    ''')
+    with pytest.raises(RulesError) as info:
+        project_dir.load()
+    unknown = [d for d in info.value.diagnostics if "unknown site" in d.message]
+    assert [(d.location.line, d.message) for d in unknown] == [
+        (1, 'unknown site "s3"'), (2, 'unknown site "s"'), (3, 'unknown site "s22"')]
+    assert unknown[2].hint == 'did you mean "s2"?'
+
+
+def test_department_and_group_recipients_without_a_directory_draw_a_warning(project_dir):
+    project_dir.setup('rule "a" on order.created send sms to department "Sales" text "x"\n'
+                      'rule "b" on order.created send sms to group "ops" text "x"\n')
+    warnings = [d for d in project_dir.load().diagnostics if not d.is_error]
+    assert [(d.location.line, d.message) for d in warnings] == [
+        (1, 'department "Sales" will find no one: no `directory:` is configured'),
+        (2, 'group "ops" will find no one: no `directory:` is configured')]
+    assert "directory: {file: people.yaml}" in warnings[0].hint
+
+
+def test_department_and_group_names_missing_from_the_people_file_draw_a_warning(project_dir):
+    from tests.conftest import BASE_CONFIG
+    project_dir.setup('rule "a" on order.created send sms to department "Salez" text "x"\n'
+                      'rule "b" on order.created send sms to group "opz" text "x"\n'
+                      'rule "c" on order.created send sms to department "Sales Moscow" text "x"\n'
+                      'rule "d" on order.created send sms to group "ops" text "x"\n',
+                      config=BASE_CONFIG + "directory:\n  file: people.yaml\n")
+    project_dir.write("people.yaml", '''
+    users:
+      - {id: 7, login: anna, PERSONAL_MOBILE: "+79005550001", department: Sales Moscow, groups: [ops]}
+    departments: {Sales: null, Sales Moscow: Sales}
+    ''')
+    warnings = [d for d in project_dir.load().diagnostics if not d.is_error]
+    assert [(d.location.line, d.message, d.hint) for d in warnings] == [
+        (1, 'department "Salez" is not in people.yaml: it will find no one', 'did you mean "Sales"?'),
+        (2, 'group "opz" is not in people.yaml: it will find no one', 'did you mean "ops"?')]
