@@ -19,8 +19,9 @@ sends whatever is due there in BSG batch calls of ≤ 50, as it does for every m
   messages also carry the end as their `stale after`, so none can go later).
 - The opt-out list (STOP) and, for a list campaign, a later unsubscribe are checked when
   each recipient is fed: such a number is never messaged (`skipped`).
-- Budget: before feeding, the cost so far (BSG's prices) plus the messages in flight at
-  the highest price seen must leave room; when it does not, the campaign stops with an
+- Budget: until BSG has priced a message, one message goes at a time; then, before
+  feeding, the cost so far (BSG's prices) plus the messages in flight at the highest
+  price seen must leave room; when it does not, the campaign stops with an
   admin alert. A low balance (at most `bsg.balance_alert`, else zero) or BSG refusing for
   lack of funds stops every running campaign the same way. `resume` continues.
 """
@@ -473,8 +474,8 @@ class Feeder:
         budget = Decimal(c["budget"]) if c["budget"] else None
         if budget is not None:
             room = self._budget_room(budget, counts, backlog)
-            if room is None:                      # no price seen yet: one request's worth first
-                allowance = min(allowance, 50 - backlog - m.get("sent", 0))
+            if room is None:                      # no price seen yet: one message at a time until one is
+                allowance = min(allowance, 1 - backlog)
             elif room <= 0:
                 if backlog == 0:
                     await self.daemon.db(self._stop, c, f"budget reached: spent {counts['cost']:.2f} "

@@ -273,3 +273,17 @@ async def test_resume_after_a_no_funds_stop_sends_what_bsg_refused(tmp_path, mon
             after = daemon.store.campaign(cid)
             assert after["state"] in ("active", "completed") and "funds" not in after["reason"]
             assert daemon.alerter.open_incidents() == []
+
+
+async def test_a_small_budget_is_never_overspent_before_the_first_price(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path, sms_price="0.02") as (fake, config):
+        async with running(config) as (daemon, client):
+            end = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+            r = await client.post("/campaigns", json={"phones": phones(100), "text": "Sale", "channel": "sms",
+                                                      "rate": "500/s", "budget": "0.10", "end": end})
+            cid = r.json()["id"]
+            await wait_for(lambda: daemon.store.campaign(cid)["state"] == "stopped", what="the budget stop")
+            await trio.sleep(0.5)
+            final = await status(client, cid)
+            assert len(fake.messages()) == 5 and final["cost"] == "0.1" and final["queued"] == 95
