@@ -118,3 +118,56 @@ def test_shipped_project_commands_succeed(command):
     args = [command, "--strict"] if command == "check" else [command]
     code, out, err = herald(*args, cwd=root)
     assert code == 0, out + err
+
+
+def _store_with_an_order(root, events: int = 1):
+    """A store as the daemon leaves it: order 42's events and one message."""
+    from datetime import datetime, timedelta, timezone
+
+    from engine.events import Event
+    from engine.store import Store
+    store = Store(root / "var" / "herald.db")
+    start = datetime(2026, 11, 27, 19, 0, tzinfo=timezone.utc)
+    store.add_events([Event("order.updated", {"order": {"id": 42, "number": "A-42", "status": "N"}}, "s1",
+                            f"e-{i}", start + timedelta(seconds=i)) for i in range(events)], "http")
+    store.add_message(site="s1", channel="sms", to_phone="+79001112233", state="sent", send_at=start,
+                      event_id="e-0", rule_id="new", text="Заказ A-42 принят")
+    store.close()
+
+
+SECRET_CONFIG = BASE_CONFIG + """
+bsg:
+  api_key: !secret bsg_key
+bitrix24:
+  application_token: !env B24_TOKEN_FOR_TEST
+  site: s1
+"""
+
+
+def test_store_reading_commands_need_no_daemon_secrets(project_dir):
+    """history, timeline and trace read the store: unset !env / !secret values are no error there."""
+    project_dir.setup(GOOD, config=SECRET_CONFIG)
+    _store_with_an_order(project_dir.root)
+    code, out, err = herald("history", cwd=project_dir.root)
+    assert (code, err) == (0, "") and "Заказ A-42 принят" in out
+    code, out, err = herald("timeline", "order:42", cwd=project_dir.root)
+    assert (code, err) == (0, "") and "order.updated (e-0)" in out
+    code, out, err = herald("trace", "1", cwd=project_dir.root)
+    assert (code, err) == (0, "") and "message 1" in out
+    # the daemon's own commands still insist on them
+    code, _, err = herald("check", cwd=project_dir.root)
+    assert code == 1 and "B24_TOKEN_FOR_TEST is not set" in err
+
+
+def test_a_timeline_piped_into_head_stops_quietly(project_dir):
+    """`herald timeline … | head`: no BrokenPipeError traceback when the reader goes away."""
+    project_dir.setup(GOOD)
+    _store_with_an_order(project_dir.root, events=3000)      # far more than a pipe holds
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "timeline", "order:42"], cwd=project_dir.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()                                     # what `head -1` does after its line
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert first.startswith(b"order 42 (site s1): 3001 entries")
+    assert "Traceback" not in err and "BrokenPipe" not in err and err == ""
