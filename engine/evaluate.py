@@ -245,7 +245,7 @@ class Evaluator:
                   now: datetime, trace: list[str] | None = None) -> list[PlannedMessage]:
         channel = send.channel or site.channel
         recipients = self.recipients(send, scope, site, trace)
-        macros = MacroSource(scope.data, _site_macros(site))
+        macros = MacroSource(scope.data, _site_macros(site), site.timezone)
         tz = ZoneInfo(site.timezone)
         window = send.window or site.send_window
         send_at = window.next_opening(now.astimezone(tz), tz) if window else now.astimezone(tz)
@@ -335,6 +335,8 @@ class Evaluator:
                 if isinstance(value, Mapping):
                     value = phone_of(value)
                 values = value if isinstance(value, (list, tuple)) else [value]
+                # a list of people (task.members): each one's phone, as for one object
+                values = [phone_of(v) if isinstance(v, Mapping) else v for v in values]
                 out += [(label, v, False) for v in values]
             elif r.kind == "phone":
                 out.append((r.value, r.value, False))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+from zoneinfo import ZoneInfo
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
@@ -126,13 +128,15 @@ class Rendered:
 
 
 class MacroSource:
-    """Resolves macros for one event, in the order RULES.md promises."""
+    """Resolves macros for one event, in the order RULES.md promises. `timezone` is the
+    site's: date-times in the event are shown in it (see `format_value`)."""
 
-    __slots__ = ("data", "site", "_flat")
+    __slots__ = ("data", "site", "timezone", "_flat")
 
-    def __init__(self, data: Mapping[str, Any], site: Mapping[str, Any]):
+    def __init__(self, data: Mapping[str, Any], site: Mapping[str, Any], timezone: str | None = None):
         self.data = data
         self.site = site
+        self.timezone = timezone
         self._flat: dict[str, Any] | None = None
 
     def _flattened(self) -> dict[str, Any]:
@@ -166,7 +170,35 @@ def _flatten(data: Any, prefix: tuple[str, ...], out: dict[str, Any]) -> None:
         out.setdefault("_".join(prefix).upper(), data)
 
 
-def format_value(value: Any) -> str:
+# An ISO 8601 date, or date-time to the minute or finer with an optional offset
+# (`T` or a space between): what connectors and the HTTP API put in events.
+ISO_DATE = re.compile(r"\d{4}-\d\d-\d\d")
+ISO_DATETIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d(:?\d\d)?)?")
+
+
+def format_date(text: str, timezone: str | None = None) -> str | None:
+    """An ISO 8601 value the way a person reads it on the site: `dd.mm.yyyy HH:MM` in
+    the site's time zone (a value without an offset is already local time, as Bitrix
+    stores it), a date alone `dd.mm.yyyy`; None when `text` is no such value."""
+    if ISO_DATE.fullmatch(text):
+        try:
+            return date.fromisoformat(text).strftime("%d.%m.%Y")
+        except ValueError:
+            return None
+    if not ISO_DATETIME.fullmatch(text):
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is not None and timezone:
+        when = when.astimezone(ZoneInfo(timezone))
+    return when.strftime("%d.%m.%Y %H:%M")
+
+
+def format_value(value: Any, timezone: str | None = None) -> str:
+    """A macro's text. ISO 8601 dates and date-times read as on the site (`format_date`);
+    the event keeps the raw value."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -176,7 +208,10 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return format(Decimal(repr(value)), "f")
     if isinstance(value, (list, tuple)):
-        return ", ".join(format_value(v) for v in value)
+        return ", ".join(format_value(v, timezone) for v in value)
+    if isinstance(value, str):
+        shown = format_date(value, timezone)
+        return value if shown is None else shown
     return str(value)
 
 
@@ -188,7 +223,7 @@ def render(text: str, source: MacroSource, phone_to: str | None = None) -> Rende
         if not found:
             unknown.append(match.group(1))
             return ""
-        return format_value(value)
+        return format_value(value, source.timezone)
 
     out = MACRO.sub(replace, text)
     return Rendered(out.strip(), tuple(dict.fromkeys(unknown)))
