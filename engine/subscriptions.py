@@ -225,7 +225,10 @@ def subscription_json(row: Mapping, code: str | None = None) -> dict:
 
 
 def _event(kind: str, row: Mapping, n: int | str, now: datetime, code: str | None = None) -> Event:
-    return Event(f"subscription.{kind}", {"subscription": subscription_json(row, code)}, row["site"],
+    data = subscription_json(row, code)
+    if kind == "created":                 # the subscription's date (#SUBSCRIPTION_DATE#): this request's
+        data["date"] = now.isoformat()
+    return Event(f"subscription.{kind}", {"subscription": data}, row["site"],
                  f"subscription:{row['id']}:{kind}:{n}", now)
 
 

@@ -18,7 +18,7 @@ OBJECTS: dict[str, tuple[str, ...]] = {
                  "delivery_name", "shipped", "delivery_allowed", "canceled"),
     "customer": USER,
     "user": USER,
-    "subscription": ("id", "list", "phone", "email", "confirm_code", "confirmed"),
+    "subscription": ("id", "list", "phone", "email", "confirm_code", "confirmed", "date"),
     "ticket": ("id", "title", "status", "criticality", "category", "date", "changed", "owner", "responsible"),
     "task": ("id", "title", "status", "priority", "deadline", "responsible", "creator", "members"),
     "sms": ("from", "to", "text", "time"),
