@@ -5,6 +5,7 @@ order:ID` list its events, rule verdicts, messages, deferrals and attempts in ti
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import trio
@@ -144,3 +145,81 @@ async def test_a_deferred_order_message_shows_its_deferral(tmp_path, monkeypatch
             body = (await client.get("/timeline/order/42")).json()
             (deferral,) = [e for e in body["entries"] if e["kind"] == "deferral"]
             assert "deferred until" in deferral["summary"]
+            # the cause is the one recorded with the message, not a guess
+            assert deferral["cause"] == "outside the sending window 00:00-00:01"
+            # a send by hand outside the window: its cause is recorded too
+            response = await client.post("/orders/42/messages", json={"text": "позже", "channel": "sms"})
+            assert response.json()["queued"] == [response.json()["messages"][0]["id"]]
+            body = (await client.get("/timeline/order/42")).json()
+            causes = [e["cause"] for e in body["entries"] if e["kind"] == "deferral"]
+            assert causes == ["outside the sending window 00:00-00:01"] * 2
+
+
+SHIPMENT_RULES = RULES + 'rule "tracked" on shipment.updated send sms to customer.phone text "Посылка в пути"\n'
+
+
+async def test_an_orders_timeline_has_its_shipments_and_answers_to_its_number(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    async with fake_bsg() as (fake, url):
+        config = write_project(tmp_path, SHIPMENT_RULES, port=free_port(), bsg_url=url, templates=TEMPLATES)
+        async with herald(config) as (daemon, client):
+            created = events(42, "+79005550011")[0]
+            created["data"]["order"]["number"] = "A-42"
+            created["time"] = "2026-11-27T22:00:00+03:00"            # no fraction, an offset
+            shipment = {"type": "shipment.updated", "id": "s-7",
+                        "data": {"shipment": {"id": 7, "order_id": 42, "tracking_number": "RA123"},
+                                 "customer": {"phone": "+79005550011"}}}
+            other = {"type": "shipment.updated", "id": "s-8",
+                     "data": {"shipment": {"id": 8, "order_id": 43, "tracking_number": "ZZ999"},
+                              "customer": {"phone": "+79005550033"}}}
+            for event in (created, shipment, other):
+                assert (await client.post("/events", json=event)).status_code == 202
+            await until(lambda: len(fake.messages()) == 3)
+
+            # the public number works wherever the id does
+            response = await client.post("/orders/A-42/messages", json={"text": "Курьер выехал", "channel": "sms",
+                                                                        "now": True})
+            assert response.status_code == 202 and response.json()["messages"][0]["to"] == "+79005550011"
+            await until(lambda: len(fake.messages()) == 4)
+            await until(lambda: all(m["state"] not in ("queued", "sending") for m in daemon.store.messages()))
+            body = (await client.get("/timeline/order/A-42")).json()
+            assert body["entity"] == {"type": "order", "id": "42", "site": "s1", "key": "order:42@s1",
+                                      "number": "A-42"}
+            entries = body["entries"]
+            summaries = " | ".join(e["summary"] for e in entries)
+            # the shipment's event, the rule's verdict on it and its message are the order's
+            assert "shipment.updated (s-7): shipment 7 (tracking_number RA123)" in summaries
+            assert any(e["kind"] == "firing" and e["rule"] == "tracked" and e["event"] == "s-7" for e in entries)
+            assert "Посылка в пути" in summaries and "Курьер выехал" in summaries
+            assert "ZZ999" not in summaries and "s-8" not in summaries
+            assert (await client.get("/timeline/order/42")).json()["entries"] == entries
+
+            code = await trio.to_thread.run_sync(cli_main, ["timeline", "-c", str(config), "order:A-42"])
+            lines = capsys.readouterr().out.splitlines()
+            assert code == 0 and lines[0].startswith("order 42 (number A-42) (site s1): ")
+            # every time as UTC to the millisecond, the event's +03:00 included
+            assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}  \S", line) for line in lines[1:])
+            assert lines[1].startswith("2026-11-27 19:00:00.000  event     order.created (c-42)")
+            code = await trio.to_thread.run_sync(cli_main, [
+                "send", "-c", str(config), "--order", "A-42", "--text", "ещё", "--channel", "sms", "--now"])
+            assert code == 0 and "+79005550011" in capsys.readouterr().out
+
+
+def test_a_deferral_with_no_recorded_cause_names_none(tmp_path):
+    """A message written to wait with nothing recorded about why: the timeline says until
+    when, and invents no reason."""
+    from datetime import datetime, timedelta, timezone
+
+    from engine.events import Event
+    from engine.store import Store
+    from engine.timeline import build_timeline, format_timeline
+    store = Store(tmp_path / "herald.db")
+    at = datetime(2026, 11, 27, 19, 0, tzinfo=timezone.utc)
+    store.add_events([Event("order.created", {"order": {"id": 5}}, "s1", "c-5", at)], "http")
+    store.add_message(site="s1", channel="sms", to_phone="+79005550011", state="sent", event_id="c-5",
+                      send_at=datetime.now(timezone.utc) + timedelta(hours=2), text="x")
+    timeline = build_timeline(store, "order", "5", "s1")
+    (deferral,) = [e for e in timeline["entries"] if e["kind"] == "deferral"]
+    assert deferral["cause"] == "" and deferral["summary"].endswith(deferral["summary"].split("until ")[1])
+    assert "window" not in deferral["summary"]
+    assert re.search(r"deferred until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$", format_timeline(timeline))
