@@ -80,6 +80,12 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
             raise ApiError(404, f"no campaign {key}")
         return JSONResponse(result)
 
+    async def set_campaign(request: Request):
+        key = request.path_params["id"]
+        result = await daemon.db(campaigns.update, daemon, key, await body(request))
+        daemon.campaigns_wake.set()
+        return JSONResponse(result)
+
     def change(action: str) -> Callable:
         async def handler(request: Request):
             key = request.path_params["id"]
@@ -98,6 +104,7 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
         Route("/campaigns", answer(create_campaign), methods=["POST"]),
         Route("/campaigns", answer(list_campaigns), methods=["GET"]),
         Route("/campaigns/{id}", answer(get_campaign), methods=["GET"]),
+        Route("/campaigns/{id}", answer(set_campaign), methods=["PATCH"]),
         *(Route(f"/campaigns/{{id}}/{action}", answer(change(action)), methods=["POST"])
           for action in ("pause", "resume", "cancel")),
     ]

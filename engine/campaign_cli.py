@@ -1,4 +1,4 @@
-"""`herald campaign create|status|list|pause|resume|cancel`: talks to the running daemon."""
+"""`herald campaign create|status|list|set|pause|resume|cancel`: talks to the running daemon."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def run(args, call, print_error) -> int:
         return 0
     if action == "status":
         return _status(args, call, print_error)
+    if action == "set":
+        return _set(args, call, print_error)
     response = call(args, "POST", f"/campaigns/{args.id}/{action}")
     if response.status_code != 200:
         print_error(response)
@@ -60,6 +62,18 @@ def _create(args, call, print_error) -> int:
     invalid = body.get("invalid") or {}
     if invalid.get("count"):
         print(f"left out {invalid['count']} invalid number(s), e.g. " + "; ".join(invalid["examples"]))
+    return 0
+
+
+def _set(args, call, print_error) -> int:
+    payload = {k: getattr(args, k) for k in ("budget", "end", "rate") if getattr(args, k) is not None}
+    if not payload:
+        raise HeraldError("give what to change: --budget, --end and/or --rate")
+    response = call(args, "PATCH", f"/campaigns/{args.id}", json=payload)
+    if response.status_code != 200:
+        print_error(response)
+        return 1
+    print(line(response.json()))
     return 0
 
 

@@ -152,14 +152,7 @@ def parse_spec(payload: Any, config, project, *, origin: str = "http", base_dir:
     rate = parse_rate(payload.get("rate", DEFAULT_RATE))
     if rate is None:
         raise CampaignError(400, "rate must be messages per time, e.g. 20/s, 600/m or 5000/h", "/rate")
-    budget = payload.get("budget")
-    if budget is not None:
-        try:
-            budget = Decimal(str(budget))
-        except InvalidOperation:
-            budget = None
-        if budget is None or isinstance(payload["budget"], bool) or budget <= 0:
-            raise CampaignError(400, "budget must be a positive amount in the BSG account's currency", "/budget")
+    budget = _budget(payload.get("budget"))
     name = payload.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise CampaignError(400, "name must be a non-empty string", "/name")
@@ -167,6 +160,18 @@ def parse_spec(payload: Any, config, project, *, origin: str = "http", base_dir:
     return Spec(site=site_id, channel=channel, start=start, end=end, source=source, name=name,
                 template=template, text=text, sender=sender, window=window, rate=rate, budget=budget,
                 origin=origin)
+
+
+def _budget(value: Any) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        budget = Decimal(str(value))
+    except InvalidOperation:
+        budget = None
+    if budget is None or isinstance(value, bool) or not budget.is_finite() or budget <= 0:
+        raise CampaignError(400, "budget must be a positive amount in the BSG account's currency", "/budget")
+    return budget
 
 
 def _time(value: Any, pointer: str, tz) -> datetime:
@@ -372,6 +377,51 @@ def change_state(daemon, key: str, action: str) -> dict:
     if feeder is not None:
         feeder.balance_at = 0.0            # a resumed campaign reads the balance first
     return status(daemon, cid)
+
+
+# ---- changing a campaign (`herald campaign set`, PATCH /campaigns/ID) --------------------
+
+SETTABLE = ("budget", "end", "rate")
+
+
+def update(daemon, key: str, payload: Any) -> dict:
+    """Change the budget, end or rate of a campaign that is not over yet (in the database
+    thread). A stopped campaign stays stopped: `resume` goes on with the new figures."""
+    if not isinstance(payload, Mapping) or not payload:
+        raise CampaignError(400, "give what to change: {budget?, end?, rate?}", "")
+    for k in payload:
+        if k not in SETTABLE:
+            hint = did_you_mean(str(k), SETTABLE) or "only " + ", ".join(SETTABLE) + " can change"
+            raise CampaignError(400, f"unknown key {k!r} ({hint})", f"/{k}")
+    store = daemon.store
+    c = store.campaign(key)
+    if c is None:
+        raise CampaignError(404, f"no campaign {key}")
+    if c["state"] not in LIVE_STATES:
+        raise CampaignError(409, f"campaign {c['id']} is {c['state']}: it cannot change any more")
+    fields: dict[str, Any] = {}
+    if "rate" in payload:
+        rate = parse_rate(payload["rate"])
+        if rate is None:
+            raise CampaignError(400, "rate must be messages per time, e.g. 20/s, 600/m or 5000/h", "/rate")
+        fields["rate"] = rate
+    if "budget" in payload:
+        budget = _budget(payload["budget"])
+        fields["budget"] = str(budget) if budget is not None else None
+    if "end" in payload:
+        site = daemon.config.sites.get(c["site"])
+        tz = ZoneInfo(site.timezone) if site is not None else timezone.utc
+        if payload["end"] is None:
+            raise CampaignError(400, "end is required: when unsent messages are recalled (ISO 8601)", "/end")
+        end = _time(payload["end"], "/end", tz)
+        if end.timestamp() <= c["start_at"]:
+            raise CampaignError(400, "end must be after start", "/end")
+        if end <= daemon.clock.now():
+            raise CampaignError(400, f"end ({end.isoformat()}) is in the past", "/end")
+        fields["end_at"] = end.timestamp()
+    store.update_campaign(c["id"], fields)
+    log.info("campaign %s changed: %s", c["id"], ", ".join(f"{k} {v}" for k, v in fields.items()))
+    return status(daemon, c["id"])
 
 
 # ---- the feeder --------------------------------------------------------------------------

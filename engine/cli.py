@@ -139,6 +139,12 @@ def _add_campaign_commands(sub) -> None:
     p.add_argument("--json", action="store_true")
     p = commands.add_parser("list", help="every campaign with its counts")
     _add_config(p)
+    p = commands.add_parser("set", help="change a campaign's budget, end or rate (then `resume` a stopped one)")
+    _add_config(p)
+    p.add_argument("id", help="campaign id or name")
+    p.add_argument("--budget", help="a new budget (BSG account's currency)")
+    p.add_argument("--end", metavar="TIME", help="a new end (ISO 8601; without an offset, the site's local time)")
+    p.add_argument("--rate", help="a new rate, e.g. 20/s or 600/m")
     for action in ("pause", "resume", "cancel"):
         p = commands.add_parser(action, help=f"{action} a campaign")
         _add_config(p)

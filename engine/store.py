@@ -955,6 +955,19 @@ class Store:
                                 (state, reason, now, done, campaign_id, *only_from))
         return cur.rowcount == 1
 
+    def update_campaign(self, campaign_id: int, fields: Mapping[str, Any]) -> None:
+        """Change settable columns (rate, budget, end_at); a new end is also the deadline
+        (`stale_at`) of its messages not yet handed to BSG."""
+        if not fields:
+            return
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.transaction():
+            self._execute(f"UPDATE campaigns SET {sets}, updated_at = ? WHERE id = ?",
+                          (*fields.values(), _now(), campaign_id))
+            if "end_at" in fields:
+                self._execute("UPDATE outbox SET stale_at = ? WHERE campaign_id = ? "
+                              "AND state IN ('queued', 'deferred', 'held')", (fields["end_at"], campaign_id))
+
     def due_recipients(self, campaign_id: int, now: float, limit: int) -> list[dict]:
         with self._lock:
             rows = self._execute("SELECT seq, phone, data, tz FROM campaign_recipients WHERE campaign_id = ? "

@@ -287,3 +287,40 @@ async def test_a_small_budget_is_never_overspent_before_the_first_price(tmp_path
             await trio.sleep(0.5)
             final = await status(client, cid)
             assert len(fake.messages()) == 5 and final["cost"] == "0.1" and final["queued"] == 95
+
+
+async def test_set_changes_budget_end_and_rate_and_a_budget_stop_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path, sms_price="0.02") as (fake, config):
+        async with running(config) as (daemon, client):
+            end = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+            r = await client.post("/campaigns", json={"phones": phones(30), "text": "Sale", "channel": "sms",
+                                                      "rate": "500/s", "budget": "0.20", "end": end, "name": "bf"})
+            cid = r.json()["id"]
+            await wait_for(lambda: daemon.store.campaign(cid)["state"] == "stopped", what="the budget stop")
+            assert len(fake.messages()) == 10
+            for body, pointer in [({"budget": -1}, "/budget"), ({"rate": "fast"}, "/rate"),
+                                  ({"end": "2000-01-01T00:00:00"}, "/end"), ({"ends": "2099-01-01"}, "/ends"),
+                                  ({}, "")]:
+                bad = await client.patch("/campaigns/bf", json=body)
+                assert bad.status_code == 400 and bad.json()["pointer"] == pointer, (body, bad.text)
+            assert (await client.patch("/campaigns/99", json={"rate": "1/s"})).status_code == 404
+            later = (datetime.now(timezone.utc) + timedelta(hours=2)).replace(microsecond=0)
+            patched = await client.patch("/campaigns/bf", json={"end": later.isoformat(), "rate": "600/m"})
+            assert patched.status_code == 200, patched.text
+            assert patched.json()["end"] == later.isoformat() and patched.json()["rate"] == 10
+            assert patched.json()["state"] == "stopped"
+
+            from engine.cli import main
+            capsys.readouterr()
+            code = await trio.to_thread.run_sync(main, ["campaign", "set", "-c", str(config), "bf", "--budget", "1",
+                                                        "--rate", "500/s"])
+            assert code == 0, capsys.readouterr().err
+            assert capsys.readouterr().out.startswith(f"#{cid} bf stopped [")
+            assert (await client.post("/campaigns/bf/resume")).status_code == 200
+            await wait_for(lambda: len(fake.messages()) == 30, what="the other 20 within the new budget")
+            stale = daemon.store._conn.execute("SELECT DISTINCT stale_at FROM outbox WHERE campaign_id = ?",
+                                               (cid,)).fetchall()
+            assert later.timestamp() in {row[0] for row in stale}
+            await client.post("/campaigns/bf/cancel")
+            assert (await client.patch("/campaigns/bf", json={"rate": "1/s"})).status_code == 409
