@@ -16,15 +16,21 @@ from starlette.routing import Route
 
 from engine.errors import EventError
 
+CAMPAIGN_MAX_BODY = 256 * 1024 * 1024    # POST /campaigns: a CSV of a few million rows
+
 
 def routes(daemon, endpoint: Callable) -> list[Route]:
     from engine.http import ApiError, _json_body
     from engine import campaigns, subscriptions as subs
     from engine.incoming import parse_push
 
-    async def body(request: Request) -> Any:
+    async def body(request: Request, *, large: bool = False) -> Any:
         if daemon.stopping.is_set():
             raise ApiError(503, "herald is shutting down; send again in a moment")
+        if large:      # POST /campaigns carries whole CSV files: its own, larger limit
+            limit = max(CAMPAIGN_MAX_BODY, daemon.config.http.max_body)
+            return await _json_body(request, limit, "the limit of POST /campaigns; split the CSV or raise "
+                                                    "http.max_body above it")
         return await _json_body(request, daemon.config.http.max_body)
 
     def answer(fn: Callable) -> Callable:
@@ -65,7 +71,7 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
                              "duplicates": [i for i, new in accepted if not new]}, status_code=202)
 
     async def create_campaign(request: Request):
-        spec = campaigns.parse_spec(await body(request), daemon.config, daemon.project, now=daemon.clock.now())
+        spec = campaigns.parse_spec(await body(request, large=True), daemon.config, daemon.project, now=daemon.clock.now())
         result = await daemon.db(campaigns.create, daemon, spec)
         daemon.campaigns_wake.set()
         return JSONResponse(result, status_code=201)

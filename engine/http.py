@@ -63,15 +63,20 @@ def _authorize(request: Request, daemon) -> None:
         raise ApiError(401, "the bearer token is not valid")
 
 
-async def _json_body(request: Request, limit: int) -> Any:
+def too_large(limit: int, setting: str = "http.max_body") -> ApiError:
+    """413 that names the limit and where it is set."""
+    return ApiError(413, f"the body is over the limit of {limit} bytes ({setting})")
+
+
+async def _json_body(request: Request, limit: int, setting: str = "http.max_body") -> Any:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
-        raise ApiError(413, f"the body is over the limit of {limit} bytes")
+        raise too_large(limit, setting)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise ApiError(413, f"the body is over the limit of {limit} bytes")
+            raise too_large(limit, setting)
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -211,7 +216,7 @@ def create_app(daemon) -> Starlette:
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
-                raise ApiError(413, f"the body is over the limit of {limit} bytes")
+                raise too_large(limit)
         client = request.client.host if request.client else "?"
         try:
             event = bitrix24.decode(bytes(body), request.headers.get("content-type"),

@@ -324,3 +324,18 @@ async def test_set_changes_budget_end_and_rate_and_a_budget_stop_goes_on(tmp_pat
             assert later.timestamp() in {row[0] for row in stale}
             await client.post("/campaigns/bf/cancel")
             assert (await client.patch("/campaigns/bf", json={"rate": "1/s"})).status_code == 409
+
+
+async def test_a_csv_over_http_max_body_is_taken_and_other_routes_keep_the_limit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path) as (fake, config):
+        async with running(config) as (daemon, client):
+            limit = daemon.config.http.max_body
+            rows = "".join(f"{p},Покупатель номер {i:06d}\n" for i, p in enumerate(phones(40_000)))
+            csv = "phone,name\n" + rows
+            assert len(csv.encode()) > limit
+            r = await client.post("/campaigns", json={"csv": csv, "text": "#NAME#", "channel": "sms",
+                                                      "start": "2099-01-01T00:00:00", "end": "2099-01-02T00:00:00"})
+            assert r.status_code == 201 and r.json()["total"] == 40_000, r.text[:300]
+            big = await client.post("/events", json={"type": "x", "id": "1", "data": {"pad": csv}})
+            assert big.status_code == 413 and "http.max_body" in big.json()["error"]
