@@ -1,10 +1,12 @@
 """Incoming SMS: polled from BSG's `/sms/2wayIncoming` and pushed to `POST /sms/incoming`.
 
 Each incoming SMS becomes one `sms.received` event (EVENTS.md: `sms.from`, `sms.to`,
-`sms.text`, `sms.time`, plus BSG's `sms.id`). Its event id is `sms:ID`, so the journal
-takes it once however often it is seen: polls overlap on purpose (BSG's times have one
-second resolution, and an SMS may be listed late), and a push of an SMS a poll also
-finds is the same event.
+`sms.text`, `sms.time`, plus BSG's `sms.id`). Its event id is `sms:ID` for BSG's ids, so
+the journal takes it once however often it is seen: polls overlap on purpose (BSG's
+times have one second resolution, and an SMS may be listed late), and a push of an SMS
+in BSG's own shape (`msisdn`, `body`) that a poll also finds is the same event. A push
+in Herald's shape (`from`, `text`) carries the sender's own id: `sms:push:ID`, a
+namespace of its own, so it never collides with a BSG id.
 
 The poll's cursor (the newest time seen) is stored with the events it journals, in one
 transaction; a restart goes on from there.
@@ -61,7 +63,11 @@ def sms_event(item: Mapping[str, Any], site: str, now: datetime, pointer: str = 
     to = item.get("to", item.get("sender"))
     data = {"sms": {"id": str(sms_id), "from": phone.e164, "to": str(to) if to is not None else "",
                     "text": text, "time": when.isoformat()}}
-    return Event("sms.received", data, str(item.get("site") or site), f"sms:{sms_id}", when)
+    # BSG's ids (polled, or pushed in BSG's own shape) and the caller's own ids are
+    # separate namespaces: a pushed `{"id": "77", "from": …}` is not BSG's SMS 77
+    own = "from" in item and "msisdn" not in item and item.get("id") is not None
+    event_id = f"sms:push:{sms_id}" if own else f"sms:{sms_id}"
+    return Event("sms.received", data, str(item.get("site") or site), event_id, when)
 
 
 def _time(value: Any, now: datetime, pointer: str) -> datetime:

@@ -46,13 +46,13 @@ async def test_pushes_are_journaled_once_and_match_polled_ones(tmp_path, monkeyp
             push = {"id": "in-1", "from": "+79001112233", "to": "testsms", "text": "Когда доставка?",
                     "time": "2026-03-02T10:00:00+03:00"}
             first = await client.post("/sms/incoming", json=push)
-            assert first.status_code == 202 and first.json() == {"accepted": ["sms:in-1"], "duplicates": []}
+            assert first.status_code == 202 and first.json() == {"accepted": ["sms:push:in-1"], "duplicates": []}
             again = await client.post("/sms/incoming", json=push)
-            assert again.json() == {"accepted": ["sms:in-1"], "duplicates": ["sms:in-1"]}
+            assert again.json() == {"accepted": ["sms:push:in-1"], "duplicates": ["sms:push:in-1"]}
             # BSG's own shape, forwarded as it is
             bsg = await client.post("/sms/incoming", json=[{"id": "77", "msisdn": "79004445566", "sender": "testsms",
                                                             "body": "OTPISKA", "time": "2026-03-02 07:00:00"}])
-            assert bsg.status_code == 202
+            assert bsg.status_code == 202 and bsg.json()["accepted"] == ["sms:77"]
             events = journal(daemon, "sms.received")
             assert [e["sms"]["from"] for e in events] == ["+79001112233", "+79004445566"]
             assert events[1]["sms"]["time"] == "2026-03-02T07:00:00+00:00"
@@ -63,10 +63,24 @@ async def test_pushes_are_journaled_once_and_match_polled_ones(tmp_path, monkeyp
             fake.inject_incoming("79004445566", "OTPISKA", time="2026-03-02 07:00:00")
             assert fake.incoming("2026-03-02 00:00:00", "2026-03-03 00:00:00")["result"][0]["id"] != "77"
             fake_id = fake.incoming("2026-03-02 00:00:00", "2026-03-03 00:00:00")["result"][0]["id"]
-            await client.post("/sms/incoming", json={"id": fake_id, "from": "+79005556677", "text": "hi"})
+            pushed = await client.post("/sms/incoming", json={"id": fake_id, "msisdn": "79004445566",
+                                                               "body": "OTPISKA", "time": "2026-03-02 07:00:00"})
+            assert pushed.json()["accepted"] == [f"sms:{fake_id}"]
             before = len(journal(daemon, "sms.received"))
             await poll_once(daemon, daemon.dispatcher.client)
             assert len(journal(daemon, "sms.received")) == before
+
+            # a pushed id of the sender's own is not BSG's: the same number at BSG is another SMS
+            own = await client.post("/sms/incoming", json={"id": "1", "from": "+79007778899", "text": "hello"})
+            assert own.json()["accepted"] == ["sms:push:1"]
+            fake.inject_incoming("79001112244", "вопрос")
+            bsg_ids = [i["id"] for i in fake.incoming("2000-01-01 00:00:00", "2999-01-01 00:00:00")["result"]
+                       if i["body"] == "вопрос"]
+            collide = await client.post("/sms/incoming", json={"id": bsg_ids[-1], "from": "+79007778899",
+                                                               "text": "mine"})
+            assert collide.json()["duplicates"] == []
+            await poll_once(daemon, daemon.dispatcher.client)
+            assert "вопрос" in [e["sms"]["text"] for e in journal(daemon, "sms.received")]
 
 
 async def test_bad_pushes_say_where(tmp_path, monkeypatch):
