@@ -316,20 +316,23 @@ class Dispatcher:
                            uncertain=exc.reached) for r in rows]
         failed = [r for r in results if _endpoint_failure(r)]
         await self._health(endpoint, endpoint.record(not failed, self.ts(), failed[0].description if failed else ""))
-        if await self.daemon.db(self._apply_results, rows, results, endpoint.name):
+        if await self.daemon.db(self._apply_results, rows, results, endpoint.name, client.name):
             self.daemon.events_wake.set()
         self.poll_wake.set()
         for row, _ in [(row, res) for row, res in zip(rows, results) if res.kind == Kind.DUPLICATE]:
+            # BSG says it has the reference: it stays this endpoint's until a look-up says
+            # otherwise — whatever goes wrong with the look-up
             try:
                 status = await self._lookup(row, endpoint)
-            except BsgError:
-                status = None
+            except BsgError as exc:
+                await self.daemon.db(self._wait_for_lookup, row, endpoint.name, str(exc))
+                continue
             if status is not None:
                 if await self.daemon.db(self._mark_sent_from_status, row, status, endpoint.name):
                     self.daemon.events_wake.set()
             else:
                 await self.daemon.db(self._requeue, row, "BSG reported the reference as used but has no such "
-                                                         "message; retrying", backoff(row.attempts), None)
+                                                         "message; retrying", backoff(row.attempts), endpoint.name)
         self.daemon.dispatch_wake.set()
 
     @staticmethod
@@ -385,7 +388,7 @@ class Dispatcher:
             wake = max(endpoint.probe_at or 0.0, self.ts() + 1.0)
         with self.store.transaction():
             self.store.update_message(
-                row.id, state="queued", attempts=max(row.attempts - 1, 0), next_attempt_at=wake,
+                row.id, state="queued", attempts=max(row.attempts - 1, 0), next_attempt_at=wake, uncertain_at=where,
                 reason=f"the last attempt's outcome at {where} is unknown; waiting for {where} to answer "
                        f"a lookup before sending anywhere else (so it is never sent twice)")
             if error:
@@ -395,23 +398,34 @@ class Dispatcher:
         self.store.update_message(row.id, state="queued", reason=reason, uncertain_at=uncertain_at,
                                   next_attempt_at=self.ts() + delay)
 
-    def _after_failure(self, row: OutboxRow, result: SendResult, endpoint: str) -> None:
+    def _after_failure(self, row: OutboxRow, result: SendResult, endpoint: str, account: str) -> bool:
+        """Record a failed send; True when the message became final (failed)."""
         kind, code = result.kind, result.code or None
         reason = f"BSG error {code}: {result.description}" if code else result.description
-        uncertain = endpoint if result.uncertain else None
-        self._log(row.id, "send", "unknown" if result.uncertain else str(kind), endpoint, row, reason)
+        # an earlier unknown outcome at this endpoint is cleared only by a look-up that
+        # does not find the reference (or a success), never by a later failure
+        uncertain = endpoint if result.uncertain else row.uncertain_at
+        if _endpoint_failure(result):
+            outcome = "unknown" if result.uncertain else "unavailable"
+        else:
+            outcome = str(kind)
+        self._log(row.id, "send", outcome, endpoint, row, reason)
         if kind == Kind.FATAL:
             self.store.update_message(row.id, state="failed", reason=reason, error_code=code, uncertain_at=None)
             self._emit_final({"id": row.id}, "failed", f"error {code}" if code else "rejected")
-        elif kind == Kind.OPERATOR:
-            # the account needs attention (key, funds, tariff): keep the message, retry slowly
+            return True
+        if kind == Kind.OPERATOR:
+            # the account needs attention (key, funds, tariff): keep the message, retry slowly;
+            # not the message's fault, so the attempt is given back
             self.store.update_message(row.id, state="queued", reason=reason + " (waiting for the operator)",
-                                      error_code=code, next_attempt_at=self.ts() + 300, uncertain_at=None)
+                                      error_code=code, next_attempt_at=self.ts() + 300, uncertain_at=uncertain,
+                                      attempts=max(row.attempts - 1, 0))
             if code in OPERATOR_ALERT_CODES:
-                self._operator_alert(code, result.description, endpoint)
-        elif _endpoint_failure(result):
-            # the endpoint's fault, not the message's: it never makes the message fail;
-            # health routing moves traffic away, and a certain miss is rerouted at once
+                self._operator_alert(code, result.description, account)
+            return False
+        if _endpoint_failure(result):
+            # the endpoint's fault, not the message's: the attempt is given back; health
+            # routing moves traffic away, and a certain miss is rerouted at once
             tripped = not self.router.get(endpoint).healthy
             delay = 0.0 if tripped and not uncertain else backoff(row.attempts)
             if uncertain:
@@ -419,48 +433,62 @@ class Dispatcher:
                 # record it before anyone looks the reference up
                 delay = max(delay, 2 * self.daemon.config.bsg.timeout)
             self.store.update_message(row.id, state="queued", reason=reason, error_code=code,
-                                      uncertain_at=uncertain, next_attempt_at=self.ts() + delay)
-        elif row.attempts >= MAX_ATTEMPTS:
+                                      uncertain_at=uncertain, next_attempt_at=self.ts() + delay,
+                                      attempts=max(row.attempts - 1, 0))
+            return False
+        answered = self.store.count_attempts(row.id, "send", "retry")     # this one included
+        if answered >= MAX_ATTEMPTS:
             self.store.update_message(row.id, state="failed", error_code=code, uncertain_at=None,
-                                      reason=f"gave up after {row.attempts} attempts; last: {reason}")
+                                      reason=f"gave up after {answered} retryable errors; last: {reason}")
             self._emit_final({"id": row.id}, "failed", f"error {code}" if code else "gave up")
-        else:
-            self.store.update_message(row.id, state="queued", reason=reason, error_code=code,
-                                      uncertain_at=uncertain, next_attempt_at=self.ts() + max(
-                                          backoff(row.attempts),
-                                          2 * self.daemon.config.bsg.timeout if uncertain else 0.0))
+            return True
+        self.store.update_message(row.id, state="queued", reason=reason, error_code=code,
+                                  uncertain_at=uncertain, next_attempt_at=self.ts() + max(
+                                      backoff(answered), 2 * self.daemon.config.bsg.timeout if uncertain else 0.0))
+        return False
 
-    def _operator_alert(self, code: int, description: str, endpoint: str) -> None:
+    def _operator_alert(self, code: int, description: str, account: str) -> None:
+        """One incident per error code and BSG account (`main`, `backup1`, `main/s2` for a
+        site with its own key): one e-mail, however many messages it holds."""
         from engine.bsg import OPERATOR_HINTS
-        self._operator_open.add(endpoint)
+        self._operator_open.add(account)
         if self.alerter is None:
             return
         words = describe(code)
         self.alerter.open(
-            f"bsg.error.{code}:{endpoint}", f"BSG ({endpoint}) refuses to send: {words} (error {code})",
-            f"BSG endpoint {endpoint} answers error {code} ({words}"
+            f"bsg.error.{code}:{account}", f"BSG ({account}) refuses to send: {words} (error {code})",
+            f"BSG account {account} answers error {code} ({words}"
             f"{': ' + description if description and description != words else ''}).\n\n"
             f"What to do: {OPERATOR_HINTS.get(code, 'check the BSG account')}.\n\n"
             "Meanwhile Herald keeps the affected messages queued and retries them every 5 minutes; "
             "nothing is lost. You get one more e-mail when sending works again.")
-        self._operator_open.add(endpoint)
 
     @property
     def _operator_open(self) -> set:
-        if not hasattr(self, "_operator_endpoints"):
-            self._operator_endpoints = {e.name for e in self.router.endpoints}   # unknown after a restart
-        return self._operator_endpoints
+        if not hasattr(self, "_operator_accounts"):
+            # after a restart any account may have an open incident: the first success
+            # on each account checks
+            self._operator_accounts = {e.name for e in self.router.endpoints} | {
+                f"{e.name}/{site}" for e in self.router.endpoints for site, cfg in self.daemon.config.sites.items()
+                if cfg.api_key is not None}
+        return self._operator_accounts
 
-    def _operator_resolved(self, endpoint: str) -> None:
-        if endpoint not in self._operator_open:
+    def _account_sites(self, account: str) -> list[str]:
+        """The sites whose messages go through `account`."""
+        if "/" in account:
+            return [account.split("/", 1)[1]]
+        return [site for site, cfg in self.daemon.config.sites.items() if cfg.api_key is None]
+
+    def _operator_resolved(self, account: str) -> None:
+        if account not in self._operator_open:
             return
-        self._operator_open.discard(endpoint)
-        released = self.store.release_held(OPERATOR_ALERT_CODES, self.ts())
+        self._operator_open.discard(account)
+        released = self.store.release_held(OPERATOR_ALERT_CODES, self.ts(), self._account_sites(account))
         if released:
-            log.info("BSG %s sends again: %d held message(s) go now", endpoint, released)
+            log.info("BSG %s sends again: %d held message(s) go now", account, released)
         for code in OPERATOR_ALERT_CODES if self.alerter is not None else ():
-            self.alerter.resolve(f"bsg.error.{code}:{endpoint}", f"BSG ({endpoint}) sends again",
-                                 f"BSG endpoint {endpoint} accepted messages again; the queued ones are "
+            self.alerter.resolve(f"bsg.error.{code}:{account}", f"BSG ({account}) sends again",
+                                 f"BSG account {account} accepted messages again; the queued ones are "
                                  "on their way.")
 
     def _first_poll_delay(self) -> float:
@@ -476,8 +504,12 @@ class Dispatcher:
             fields["next_poll_at"] = min(fields["next_poll_at"], fallback_at)
         return fields
 
-    def _apply_results(self, rows: Sequence[OutboxRow], results: Sequence[SendResult], endpoint: str) -> bool:
-        """Record send results; True when an early delivery report made a message final."""
+    def _apply_results(self, rows: Sequence[OutboxRow], results: Sequence[SendResult], endpoint: str,
+                       account: str | None = None) -> bool:
+        """Record send results; True when a message became final (an event was journaled).
+        `account`: the BSG account (client name: `main`, or `main/s2` for a site with its
+        own key) — operator incidents are per account."""
+        account = account or endpoint
         now = self.ts()
         final = False
         with self.store.transaction():
@@ -492,11 +524,9 @@ class Dispatcher:
                     self._log(row.id, "send", "duplicate", endpoint, row,
                               f"BSG error {result.code}: the reference is already there; looking it up")
                 else:
-                    self._after_failure(row, result, endpoint)
-                    final |= result.kind == Kind.FATAL or (
-                        result.kind == Kind.RETRY and not _endpoint_failure(result) and row.attempts >= MAX_ATTEMPTS)
+                    final |= self._after_failure(row, result, endpoint, account)
             if any(r.kind == Kind.OK for r in results):
-                self._operator_resolved(endpoint)
+                self._operator_resolved(account)
         return final
 
     def _mark_sent_from_status(self, row: OutboxRow, status: Status, endpoint: str) -> bool:

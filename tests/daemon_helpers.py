@@ -23,12 +23,12 @@ def free_port() -> int:
 
 
 def write_project(root: Path, rules: str, *, port: int, bsg_url: str | None = None, extra: str = "",
-                  templates: str | None = None, site_extra: str = "") -> Path:
+                  templates: str | None = None, site_extra: str = "", bsg_extra: str = "") -> Path:
     (root / "rules").mkdir(parents=True, exist_ok=True)
     (root / "rules" / "main.rules").write_text(rules, encoding="utf-8")
     (root / "rules" / "templates.yaml").write_text(templates or 'shipped: "Заказ #ORDER_ID# отгружен"\n',
                                                    encoding="utf-8")
-    bsg = f"bsg:\n  url: {bsg_url}\n  api_key: test_key\n  rate: 1000\n" if bsg_url else ""
+    bsg = f"bsg:\n  url: {bsg_url}\n  api_key: test_key\n  rate: 1000\n{bsg_extra}" if bsg_url else ""
     config = f"""
 store: var/herald.db
 {bsg}

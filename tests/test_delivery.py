@@ -431,3 +431,65 @@ async def test_a_rule_on_message_failed_cannot_feed_itself(tmp_path, monkeypatch
             (event,) = journal(daemon, "message.failed")
             assert event["message"]["to"] == "+79008880011"
         nursery.cancel_scope.cancel()
+
+
+async def test_an_unknown_outcome_survives_a_refused_retry_and_waits_for_main(tmp_path, monkeypatch):
+    """Main takes the message but answers too late (unknown), then refuses connections
+    (certain — about the retry only). The message must wait for main, never go to the backup."""
+    monkeypatch.chdir(tmp_path)
+    async with trio.open_nursery() as nursery:
+        main, backup = Endpoint(nursery, FakeBSG(delivery_delay=0.1)), Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        await backup.up()
+        config = project(tmp_path, SMS_RULE, main.url, backup=backup.url)
+        async with daemon_for(config) as (daemon, client):
+            main.fake.set_fault("slow", delay=3.0, count=1)      # main takes it after Herald gave up
+            await client.post("/events", json=[order(1, "+79002220011")])
+            await wait_for(lambda: [m["uncertain_at"] for m in daemon.store.messages()] == ["main"], what="unknown")
+            await wait_for(lambda: len(main.references()) == 1, what="main stored it")
+            await main.down()
+            first_id = daemon.store.messages(phone="+79002220011")[0]["id"]
+            sends = lambda: [a["outcome"] for a in daemon.store.attempts_of(first_id) if a["what"] == "send"]  # noqa: E731
+            await wait_for(lambda: sends() == ["unknown", "unavailable"], what=sends)   # the refused retry
+            await wait_for(lambda: journal(daemon, "provider.down"), what="main tripped")
+            await trio.sleep(3)
+            first = daemon.store.messages(phone="+79002220011")[0]
+            assert (first["state"], first["uncertain_at"]) == ("queued", "main")
+            assert backup.references() == []
+            await client.post("/events", json=[order(n, f"+7900222002{n}") for n in (2, 3)])
+            await wait_for(lambda: len(backup.references()) == 2, what="new traffic through the backup")
+            assert first["reference"] not in backup.references()
+
+            await main.up()
+            await wait_for(lambda: daemon.store.messages(phone="+79002220011")[0]["state"] in ("sent", "delivered"),
+                           what="found at main by its reference")
+            assert main.references() == [first["reference"]]     # once, at main; never at the backup
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_duplicate_answer_then_a_failed_lookup_keeps_the_message_at_that_endpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with trio.open_nursery() as nursery:
+        main, backup = Endpoint(nursery, FakeBSG(delivery_delay=0.1)), Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        await backup.up()
+        config = project(tmp_path, SMS_RULE, main.url, backup=backup.url)
+        async with daemon_for(config) as (daemon, client):
+            main.fake.set_fault("slow", delay=3.0, count=1)
+            await client.post("/events", json=[order(1, "+79002220011")])
+            await wait_for(lambda: len(main.references()) == 1, what="main stored it")
+            main.fake.set_fault("error", code=23, count=2)       # the retry: 23; the look-up: an error
+            await wait_for(lambda: main.fake.fault is None, what="retry and look-up happened")
+            await trio.sleep(0.3)
+            first = daemon.store.messages(phone="+79002220011")[0]
+            assert (first["state"], first["uncertain_at"]) == ("queued", "main")
+            await main.down()
+            await client.post("/events", json=[order(n, f"+7900222002{n}") for n in (2, 3)])
+            await wait_for(lambda: len(backup.references()) == 2, what="new traffic through the backup")
+            await main.up()
+            await wait_for(lambda: daemon.store.messages(phone="+79002220011")[0]["state"] in ("sent", "delivered"),
+                           what="resolved at main")
+            assert first["reference"] not in backup.references()
+            trace = (await client.get(f"/messages/{first['id']}")).json()
+            assert ("lookup", "no answer") in [(a["what"], a["outcome"]) for a in trace["attempts"]]
+        nursery.cancel_scope.cancel()

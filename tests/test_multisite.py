@@ -148,3 +148,26 @@ def test_a_site_api_key_is_a_secret_and_an_unset_one_is_an_error(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(config, env={})
     assert "sites.s2.api_key" in error.value.format() and "VL_BSG_KEY" in error.value.format()
+
+
+async def test_one_accounts_operator_error_mails_once_while_the_other_account_sends(tmp_path, monkeypatch):
+    """Site s2's own account has no funds (error 8); s1's sends fine. s1's successes must
+    neither resolve s2's incident nor release s2's held message: one e-mail, not a flood."""
+    from tests.test_delivery import smtp_server
+    monkeypatch.chdir(tmp_path)
+    msk, vl = FakeBSG(api_keys={"key_msk"}, delivery_delay=0), FakeBSG(api_keys={"key_vl"}, delivery_delay=0)
+    vl.set_fault("error", code=8)
+    async with smtp_server() as (inbox, smtp_port), bsg_accounts(key_msk=msk, key_vl=vl) as url:
+        config = project(tmp_path, url)
+        text = config.read_text().replace('    send_window: "09:00-21:00"\n', "    admin_email: admin@shop.example\n")
+        config.write_text(text + f"smtp:\n  host: 127.0.0.1\n  port: {smtp_port}\n  from: h@shop.example\n")
+        async with daemon_for(config) as (daemon, client):
+            await client.post("/events", json=[order("s2", 1, "+79005550012")])
+            await wait_for(lambda: inbox.mails, what="the alert for s2's account")
+            for n in range(2, 6):                                # the other site's ordinary traffic
+                await client.post("/events", json=[order("s1", n, f"+7900555003{n}")])
+                await trio.sleep(0.5)
+            await wait_for(lambda: len(msk.messages()) == 4, what="s1's four messages")
+            assert len(inbox.mails) == 1 and "main/s2" in inbox.mails[0]["Subject"]
+            held = [m for m in daemon.store.messages() if m["site"] == "s2" and m["rule"] == "order accepted"]
+            assert held[0]["state"] == "queued" and held[0]["error_code"] == 8
