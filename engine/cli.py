@@ -205,7 +205,7 @@ def cmd_check(args) -> int:
 
     config = load_config(args.config)
     paths = [Path(p) for p in args.paths] or [None]
-    diagnostics, rule_count, failed = [], 0, False
+    diagnostics, rule_count, failed, project = [], 0, False, None
     for path in paths:
         try:
             project = load_project(config, rules_path=path)
@@ -214,6 +214,9 @@ def cmd_check(args) -> int:
         except RulesError as exc:
             diagnostics += exc.diagnostics
             failed = True
+    if project is not None and not args.paths:        # rules/campaigns/*.yaml (docs/campaigns.md)
+        from engine.campaigns import check_declared
+        diagnostics += check_declared(config, project)
     seen = set()
     for d in diagnostics:
         if d not in seen:

@@ -339,3 +339,28 @@ async def test_a_csv_over_http_max_body_is_taken_and_other_routes_keep_the_limit
             assert r.status_code == 201 and r.json()["total"] == 40_000, r.text[:300]
             big = await client.post("/events", json={"type": "x", "id": "1", "data": {"pad": csv}})
             assert big.status_code == 413 and "http.max_body" in big.json()["error"]
+
+
+async def test_herald_check_and_the_daemon_say_where_a_campaign_file_is_wrong(tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path) as (fake, config):
+        folder = tmp_path / "rules" / "campaigns"
+        folder.mkdir()
+        (folder / "bad.yaml").write_text("phones: ['+79101112233']\ntext: Весна!\nrate: fast\n"
+                                         "end: 2099-01-01T00:00:00\n", encoding="utf-8")
+        (folder / "typo.yaml").write_text("phones: ['+79101112233']\ntext: x\nend: 2099-01-01T00:00:00\n"
+                                          "  budgett: 5\n", encoding="utf-8")
+        (folder / "old.yaml").write_text("enabled: false\nphones: ['+79101112233']\ntext: x\n"
+                                         "end: 2001-01-01T00:00:00\n", encoding="utf-8")
+        from engine.cli import main
+        capsys.readouterr()
+        assert main(["check", "-c", str(config)]) == 1
+        err = capsys.readouterr().err
+        assert "rules/campaigns/bad.yaml:3:7: error: rate must be messages per time" in err, err
+        assert "rules/campaigns/typo.yaml:4:" in err and "error: not valid YAML" in err, err
+        assert "rules/campaigns/old.yaml:4:6: warning: the end" in err, err
+        (folder / "typo.yaml").unlink()
+        caplog.set_level("ERROR", logger="herald.campaigns")
+        async with running(config) as (daemon, client):
+            await wait_for(lambda: "bad.yaml:3:7" in caplog.text, what="the located runtime error")
+            assert daemon.store.campaigns() == []
