@@ -121,10 +121,11 @@ class Dispatcher:
                         self._main_keyed[name] = transport
                 self._stack = stack
                 self.router = Router(endpoints)
-                await self._recover()
+                stranded = await self.daemon.db(self.store.in_state, "sending", 10_000)
                 # the workers live inside the clients' exit stack: on shutdown they are
                 # cancelled and gone before any client closes under them
                 async with trio.open_nursery() as workers:
+                    workers.start_soon(self._recover, stranded)
                     workers.start_soon(self._send_loop)
                     workers.start_soon(self._poll_loop)
                     workers.start_soon(self._probe_loop)
@@ -195,25 +196,47 @@ class Dispatcher:
         await self.daemon.db(write)
 
     # ---- recovery after a crash ----
-    async def _recover(self) -> None:
-        rows = await self.daemon.db(self.store.in_state, "sending", 10_000)
-        if rows:
-            log.info("resolving %d message(s) left in `sending` by their BSG reference", len(rows))
-        for row in rows:
+    async def _recover(self, rows: Sequence[OutboxRow]) -> None:
+        """Resolve the messages a crash left in `sending`, by reference at the endpoint each
+        went to — in the background and in parallel, so the API and new traffic do not
+        wait for a slow or dead endpoint. (They were fetched before the send loop started,
+        and nothing else touches `sending` rows.)"""
+        if not rows:
+            return
+        log.info("resolving %d message(s) left in `sending` by their BSG reference", len(rows))
+        limiter = trio.CapacityLimiter(LOOKUP_CONCURRENCY)
+
+        async def resolve(row: OutboxRow) -> None:
+            if row.endpoint is None:       # claimed, never routed: no call was made
+                await self.daemon.db(self._resolved_unsent, row, None)
+                return
             endpoint = self.router.get(row.endpoint)
-            try:
-                status = await self._lookup(row, endpoint)
-            except BsgError as exc:
-                log.warning("cannot resolve %s at %s yet (%s); it waits for that answer", row.leg_reference,
-                            endpoint.name, exc)
-                await self.daemon.db(self._requeue, row, "resolving after restart: " + str(exc), 30.0,
-                                     endpoint.name)
-                continue
-            if status is None:      # that endpoint never got it: send it now
-                await self.daemon.db(self._requeue, row, "", 0.0, None)
+            if not endpoint.healthy:
+                await self.daemon.db(self._wait_for_lookup, row, endpoint.name, "")
+                return
+            async with limiter:
+                try:
+                    status = await self._lookup(row, endpoint)
+                except BsgError as exc:
+                    await self.daemon.db(self._wait_for_lookup, row, endpoint.name, f"in flight at restart: {exc}")
+                    return
+            if status is None:
+                await self.daemon.db(self._resolved_unsent, row, endpoint.name)
             elif await self.daemon.db(self._mark_sent_from_status, row, status, endpoint.name):
                 self.daemon.events_wake.set()
+
+        async with trio.open_nursery() as nursery:
+            for row in rows:
+                nursery.start_soon(resolve, row)
         self.daemon.dispatch_wake.set()
+
+    def _resolved_unsent(self, row: OutboxRow, endpoint: str | None) -> None:
+        with self.store.transaction():
+            self.store.update_message(row.id, state="queued", reason="", next_attempt_at=self.ts(),
+                                      attempts=max(row.attempts - 1, 0), uncertain_at=None)
+            self._log(row.id, "lookup", "not found" if endpoint else "not sent", endpoint, row,
+                      "in flight at restart: " + (f"{endpoint} does not have it; it goes now" if endpoint
+                                                  else "claimed but never sent; it goes now"))
 
     async def _lookup(self, row: OutboxRow, endpoint: Endpoint) -> Status | None:
         client = self.client_for(endpoint, row.site)
@@ -542,7 +565,7 @@ class Dispatcher:
             return self._apply_pending_receipts(row.id, row.leg_reference, status.id)
 
     # ---- delivery reports (BSG callbacks; in the database thread) ----
-    def apply_receipts(self, bodies: Sequence[dict]) -> tuple[dict, bool]:
+    def apply_receipts(self, bodies: Sequence[dict], endpoint: str | None = None) -> tuple[dict, bool]:
         """Apply delivery reports (BSG's status shape) in one transaction. Returns the
         counts {"applied", "pending", "unknown"} and whether a message became final.
 
@@ -556,7 +579,7 @@ class Dispatcher:
         with self.store.transaction():
             for body in bodies:
                 status = parse_status(body)
-                row = self.store.message_for_receipt(status.reference, status.id)
+                row = self.store.message_for_receipt(status.reference, status.id, endpoint)
                 if row is None:
                     counts["unknown"] += 1
                     log.info("delivery report for an unknown message (reference %r, id %r): ignored",
@@ -610,7 +633,15 @@ class Dispatcher:
             self._log(message_id, "receipt", status.status, row.get("endpoint"), {**row, "leg": "viber"},
                       "late Viber report after the SMS fallback: recorded only")
             return False
-        if row["state"] in ("queued", "deferred"):
+        if row["state"] == "failed":
+            # the SMS failed, Viber made it after all: the customer has the message
+            self.store.update_message(message_id, state="delivered", viber_status=status.status,
+                                      reason="Viber delivered late, after the SMS fallback failed")
+            self._log(message_id, "receipt", status.status, row.get("endpoint"), {**row, "leg": "viber"},
+                      "late Viber report: delivered after all (the SMS fallback had failed)")
+            self._emit_final(row, "delivered", status.status)
+            return True
+        if row["state"] in ("queued", "deferred") and not row.get("uncertain_at"):
             # the SMS has not gone yet: Viber made it after all, so the SMS never goes
             self.store.update_message(message_id, state="delivered", viber_status=status.status,
                                       reason="Viber delivered before the SMS fallback went out; no SMS sent")

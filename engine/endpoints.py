@@ -57,6 +57,8 @@ class Endpoint:
     def record_receipt(self, seconds: float, now: float) -> str | None:
         """A final delivery report came `seconds` after the send. Returns "down" when the
         endpoint's reports have become too slow (bsg.failover.slow_receipts)."""
+        if self.state != CLOSED or (self.since is not None and now - seconds < self.since):
+            return None        # tripped, or sent before it came back: says nothing about it now
         self.latencies.append(seconds)
         limit = self.policy.slow_receipts
         if limit is None or self.state != CLOSED or len(self.latencies) < RECEIPT_SAMPLES // 2:
@@ -80,6 +82,7 @@ class Endpoint:
         if ok:
             self.state, self.since, self.reason, self.probe_at = CLOSED, now, "", None
             self.outcomes.clear()
+            self.latencies.clear()
             return "up"
         self.probe_at = now + self.policy.probe
         if detail:

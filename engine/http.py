@@ -195,9 +195,14 @@ def create_app(daemon) -> Starlette:
                                 status_code=404)
         if daemon.stopping.is_set() or daemon.dispatcher is None:
             raise ApiError(503, "herald is not ready for delivery reports; send again in a moment")
+        endpoint = request.path_params.get("endpoint")
+        if endpoint is not None and daemon.dispatcher.router is not None \
+                and endpoint not in daemon.dispatcher.router.by_name:
+            raise ApiError(404, f"no BSG endpoint {endpoint!r}: use one of "
+                                f"{', '.join(daemon.dispatcher.router.by_name)}")
         payload = await _json_body(request, daemon.config.http.max_body)
         bodies = _receipts(payload)
-        counts, final = await daemon.db(daemon.dispatcher.apply_receipts, bodies)
+        counts, final = await daemon.db(daemon.dispatcher.apply_receipts, bodies, endpoint)
         if final:
             daemon.events_wake.set()
         return JSONResponse(counts)
@@ -252,6 +257,8 @@ def create_app(daemon) -> Starlette:
         Route("/hooks/bitrix24", endpoint(bitrix24_hook, auth=False), methods=["POST"]),
         Route("/bsg/callback/{secret}", endpoint(bsg_callback, auth=False),
               methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),       # any other method: 404 too
+        Route("/bsg/callback/{secret}/{endpoint}", endpoint(bsg_callback, auth=False),
+              methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),       # reports of one endpoint (backup1 …)
         *audience_routes(daemon, endpoint),      # subscriptions, incoming SMS, campaigns
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})

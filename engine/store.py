@@ -575,30 +575,33 @@ class Store:
         return from_epoch(row[0]) if row and row[0] is not None else None
 
     # ---- delivery receipts (BSG callbacks) ----
-    def message_for_receipt(self, reference: str | None, bsg_id: str | None) -> dict | None:
-        """The message a delivery report is about: by reference, else by BSG id."""
+    def message_for_receipt(self, reference: str | None, bsg_id: str | None,
+                            endpoint: str | None = None) -> dict | None:
+        """The message a delivery report is about: by reference, else by BSG id. BSG ids
+        are per endpoint: an id-only report matches only when one message (of `endpoint`,
+        when given) has that id — an ambiguous one matches nothing."""
         columns = ("id, reference, channel, state, sent_at, bsg_id, omni, leg, sms_reference, endpoint, "
-                   "viber_bsg_id, fallback_at, stale_at")
+                   "viber_bsg_id, fallback_at, stale_at, uncertain_at")
         # receipt_leg: which leg the report is about — viber (an omni's first leg, or a
         # plain Viber message), sms (an engine omni's SMS leg, or a plain SMS), current
         current = "CASE WHEN channel = 'sms' OR leg = 'sms' THEN 'sms' ELSE 'viber' END"
         first = "CASE WHEN channel = 'sms' THEN 'sms' ELSE 'viber' END"
-        queries = []
-        if reference:
-            queries += [(f"SELECT {columns}, {first} AS receipt_leg FROM outbox WHERE reference = ?", reference),
-                        (f"SELECT {columns}, 'sms' AS receipt_leg FROM outbox WHERE sms_reference = ?", reference)]
-        elif bsg_id:
-            queries += [(f"SELECT {columns}, {current} AS receipt_leg FROM outbox WHERE bsg_id = ? "
-                         "ORDER BY id DESC LIMIT 1", bsg_id),
-                        (f"SELECT {columns}, 'viber' AS receipt_leg FROM outbox WHERE viber_bsg_id = ? "
-                         "ORDER BY id DESC LIMIT 1", bsg_id)]
-        row = None
         with self._lock:
-            for sql, value in queries:
-                row = self._execute(sql, (value,)).fetchone()
-                if row is not None:
-                    break
-        return dict(row) if row else None
+            if reference:
+                for sql in (f"SELECT {columns}, {first} AS receipt_leg FROM outbox WHERE reference = ?",
+                            f"SELECT {columns}, 'sms' AS receipt_leg FROM outbox WHERE sms_reference = ?"):
+                    row = self._execute(sql, (reference,)).fetchone()
+                    if row is not None:
+                        return dict(row)
+                return None
+            if not bsg_id:
+                return None
+            scope, params = ("AND endpoint = ?", (endpoint,)) if endpoint else ("", ())
+            rows = self._execute(
+                f"SELECT {columns}, {current} AS receipt_leg FROM outbox WHERE bsg_id = ? {scope} "
+                f"UNION ALL SELECT {columns}, 'viber' AS receipt_leg FROM outbox WHERE viber_bsg_id = ? {scope} "
+                "LIMIT 2", (bsg_id, *params, bsg_id, *params)).fetchall()
+        return dict(rows[0]) if len(rows) == 1 else None
 
     def add_receipt(self, reference: str | None, bsg_id: str | None, status: str, body: Mapping) -> int:
         """Keep a delivery report for later (its message is not sent yet)."""
