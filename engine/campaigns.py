@@ -156,6 +156,9 @@ def parse_spec(payload: Any, config, project, *, origin: str = "http", base_dir:
     name = payload.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise CampaignError(400, "name must be a non-empty string", "/name")
+    if name is not None and name.strip().isdigit():
+        raise CampaignError(400, f"name {name!r} is only digits: it would read as a campaign id; "
+                                 "add a letter (e.g. sale-{name})", "/name")
     source = _source(payload, config, base_dir)
     return Spec(site=site_id, channel=channel, start=start, end=end, source=source, name=name,
                 template=template, text=text, sender=sender, window=window, rate=rate, budget=budget,
@@ -241,6 +244,13 @@ def create(daemon, spec: Spec) -> dict:
     if spec.name is not None and store.campaign(spec.name) is not None:
         raise CampaignError(409, f"a campaign named {spec.name!r} exists already", "/name")
     recipients, invalid = resolve(daemon, spec)
+    if not recipients:
+        kind = next(iter(spec.source))
+        why = (f"all {len(invalid)} number(s) are invalid, e.g. {invalid[0]}" if invalid else
+               f"the list {spec.source[kind]!r} has no confirmed subscribers (or they opted out)" if kind == "list"
+               else f"{kind} {spec.source[kind]!r} has nobody with a phone number" if kind in ("department", "group")
+               else "nobody to send to")
+        raise CampaignError(400, f"no recipients: {why}; nothing was created", f"/{kind}")
     site = daemon.config.sites[spec.site]
     window = spec.window or (site.send_window.text if site.send_window else None)
     fields = {"name": spec.name, "origin": spec.origin, "site": spec.site, "channel": spec.channel,

@@ -364,3 +364,18 @@ async def test_herald_check_and_the_daemon_say_where_a_campaign_file_is_wrong(tm
         async with running(config) as (daemon, client):
             await wait_for(lambda: "bad.yaml:3:7" in caplog.text, what="the located runtime error")
             assert daemon.store.campaigns() == []
+
+
+async def test_no_recipients_and_digit_names_are_refused_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path) as (fake, config):
+        async with running(config) as (daemon, client):
+            end = "2099-01-01T00:00:00"
+            cases = [({"list": "news", "text": "x", "end": end}, "/list", "has no confirmed subscribers"),
+                     ({"phones": ["12", "abc"], "text": "x", "end": end}, "/phones", "all 2 number(s) are invalid"),
+                     ({"csv": "phone,name\n", "text": "x", "end": end}, "/csv", "nobody to send to"),
+                     ({"name": "2024", "phones": ["+79101112233"], "text": "x", "end": end}, "/name", "only digits")]
+            for body, pointer, words in cases:
+                r = await client.post("/campaigns", json=body)
+                assert r.status_code == 400 and r.json()["pointer"] == pointer and words in r.json()["error"], r.text
+            assert (await client.get("/campaigns")).json()["campaigns"] == []
