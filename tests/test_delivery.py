@@ -493,3 +493,89 @@ async def test_a_duplicate_answer_then_a_failed_lookup_keeps_the_message_at_that
             trace = (await client.get(f"/messages/{first['id']}")).json()
             assert ("lookup", "no answer") in [(a["what"], a["outcome"]) for a in trace["attempts"]]
         nursery.cancel_scope.cancel()
+
+
+async def test_engine_omni_viber_delivered_late_after_the_sms_failed_is_delivered(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with trio.open_nursery() as nursery:
+        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        config = project(tmp_path, OMNI_RULE, main.url, site="    omni: engine\n", bsg="  callback_secret: cbsecret\n")
+        async with daemon_for(config) as (daemon, client):
+            await client.post("/events", json=[order(9, "+79004440077")])
+            await wait_for(lambda: len(main.fake.messages()) == 1, what="the Viber leg")
+            viber = main.fake.messages()[0]
+            report = lambda ref, bsg_id, status: client.post(  # noqa: E731
+                "/bsg/callback/cbsecret", json={"reference": ref, "id": bsg_id, "status": status})
+            await report(viber["reference"], viber["id"], "undeliverable")
+            await wait_for(lambda: len(main.fake.messages()) == 2, what="the SMS leg")
+            sms = main.fake.messages()[1]
+            await wait_for(lambda: daemon.store.messages()[0]["state"] == "sent", what="the SMS leg recorded")
+            await report(sms["reference"], sms["id"], "undeliverable")
+            await wait_for(lambda: daemon.store.messages()[0]["state"] == "failed", what="the SMS failed")
+            await report(viber["reference"], viber["id"], "delivered")          # Viber made it after all
+            message = daemon.store.messages()[0]
+            assert (message["state"], message["double_delivery"]) == ("delivered", False)
+            assert "after the SMS fallback failed" in message["reason"]
+            assert len(main.fake.messages()) == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_id_only_report_must_name_one_message(tmp_path, monkeypatch):
+    """BSG ids are per endpoint: the same id at main and at the backup is ambiguous unless
+    the report comes on the endpoint's own path."""
+    monkeypatch.chdir(tmp_path)
+    async with trio.open_nursery() as nursery:
+        main, backup = Endpoint(nursery, FakeBSG(delivery_delay=30)), Endpoint(nursery, FakeBSG(delivery_delay=30))
+        await main.up()
+        await backup.up()
+        config = project(tmp_path, SMS_RULE, main.url, backup=backup.url, bsg="  callback_secret: cbsecret\n")
+        async with daemon_for(config) as (daemon, client):
+            await client.post("/events", json=[order(1, "+79004440011")])
+            await wait_for(lambda: [m["state"] for m in daemon.store.messages()] == ["sent"], what="sent at main")
+            await main.down()
+            await client.post("/events", json=[order(n, f"+790044400{n + 10}") for n in (2, 3, 4)])
+            await wait_for(lambda: len(backup.references()) == 3, what="three at the backup")
+            await wait_for(lambda: states(daemon) == {"sent": 4}, what="all sent")
+            shared = daemon.store.messages(phone="+79004440011")[0]["bsg_id"]
+            assert shared in {m["bsg_id"] for m in daemon.store.messages() if m["endpoint"] == "backup1"}
+            ambiguous = await client.post("/bsg/callback/cbsecret", json={"id": shared, "status": "delivered"})
+            assert ambiguous.json()["unknown"] == 1 and states(daemon) == {"sent": 4}
+            named = await client.post("/bsg/callback/cbsecret/main", json={"id": shared, "status": "delivered"})
+            assert named.json()["applied"] == 1
+            assert daemon.store.messages(phone="+79004440011")[0]["state"] == "delivered"
+            wrong = await client.post("/bsg/callback/cbsecret/nowhere", json={"id": shared, "status": "delivered"})
+            assert wrong.status_code == 404 and "main" in wrong.json()["error"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_recovery_after_a_crash_does_not_hold_up_the_api(tmp_path, monkeypatch):
+    """A message left `sending` by a crash, its endpoint answering slowly: the API answers
+    while the look-up is still out, and the message is then resolved (found: not resent)."""
+    from engine.store import Store
+    monkeypatch.chdir(tmp_path)
+    async with trio.open_nursery() as nursery:
+        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        config = project(tmp_path, SMS_RULE, main.url)
+        store = Store(tmp_path / "var" / "herald.db")
+        store.migrate()
+        message_id, reference = store.add_message(site="s1", channel="sms", to_phone="+79004440015", state="queued",
+                                                  send_at=datetime.now(timezone.utc), text="x", sms_text="x",
+                                                  sender="testsms", sms_sender="testsms")
+        store.update_message(message_id, state="sending", endpoint="main", attempts=1)
+        store.close()
+        main.fake.create_sms({"destination": "phone", "msisdn": "79004440015", "originator": "testsms",
+                              "body": "x", "reference": reference})             # BSG got it before the crash
+        main.fake.set_fault("slow", delay=1.5)                                   # every answer is slow
+        async with daemon_for(config) as (daemon, client):
+            health = await client.get("/health")
+            assert health.status_code == 200
+            assert daemon.store.message(message_id)["state"] == "sending"      # still being looked up
+            main.fake.clear_faults()
+            await wait_for(lambda: daemon.store.message(message_id)["state"] in ("sent", "delivered"),
+                           what="resolved by its reference")
+            assert len(main.fake.messages()) == 1                               # found, not resent
+            trace = (await client.get(f"/messages/{message_id}")).json()
+            assert [(a["what"], a["outcome"]) for a in trace["attempts"]][0] == ("lookup", "found")
+        nursery.cancel_scope.cancel()

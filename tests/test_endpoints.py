@@ -59,3 +59,16 @@ def test_router_picks_the_first_healthy_in_priority_order():
     assert router.pick() is b2
     assert router.get("gone") is main and router.get("backup1") is b1
     assert router.next_probe() == 30
+
+
+def test_slow_receipts_of_sends_from_before_the_recovery_do_not_trip_it_again():
+    e = endpoint(slow_receipts=300, probe=30, failures=1)
+    e.record(False, 1000)                                  # tripped at 1000
+    assert e.record_receipt(900, 1010) is None             # reports while tripped: ignored
+    assert e.probe_result(True, 1030) == "up"
+    # reports of messages sent before 1030 (slow because of the outage) say nothing now
+    assert all(e.record_receipt(500, 1040 + t) is None for t in range(20))
+    assert e.healthy
+    # slow reports of sends made after the recovery still count
+    results = [e.record_receipt(400, 1500 + t) for t in range(10)]
+    assert results[-1] == "down"
