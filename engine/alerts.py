@@ -269,7 +269,9 @@ class Alerter:
 def _secrets(config: Config) -> list[str]:
     """Every secret value of the config (keys, tokens, passwords, connector secrets)."""
     found: list[Any] = [config.bsg.api_key, config.bsg.callback_secret, list(config.http.tokens),
-                        [b.api_key for b in config.bsg.backup], [c.options for c in config.connectors]]
+                        [b.api_key for b in config.bsg.backup], [c.options for c in config.connectors],
+                        [site.api_key for site in config.sites.values()],
+                        getattr(config.bitrix24, "application_token", None)]
     if config.smtp is not None:
         found.append(config.smtp.password)
     if config.directory is not None:

@@ -88,12 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retry", help="replay failed (or expired) messages through the running daemon")
     _add_config(p)
-    p.add_argument("--status", default="failed", choices=("failed", "expired", "undelivered"))
+    p.add_argument("--status", default="failed", choices=("failed", "expired"))
     p.add_argument("--since", metavar="TIME", help="created at or after (ISO 8601)")
     p.add_argument("--until", metavar="TIME", help="created before (ISO 8601)")
     p.add_argument("--rule", help="only messages of this rule")
     p.add_argument("--id", dest="ids", type=int, action="append", help="a message id (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+    p.add_argument("--now", action="store_true", help="send at once, outside the sending window too")
 
     p = sub.add_parser("balance", help="the BSG account balance")
     _add_config(p)

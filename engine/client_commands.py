@@ -110,6 +110,8 @@ def cmd_retry(args) -> int:
         payload["ids"] = args.ids
     if args.dry_run:
         payload["dry_run"] = True
+    if args.now:
+        payload["now"] = True
     response = _call(args, "POST", "/messages/retry", json=payload)
     if response.status_code not in (200, 202):
         _print_error(response)
@@ -120,7 +122,8 @@ def cmd_retry(args) -> int:
         print("nothing to replay")
         return 0
     for item in items:
-        target = f"→ new message {item['replay']}" if item["replay"] is not None else "(dry run)"
+        target = (f"→ new message {item['replay']} ({item['state']})" if item["replay"] is not None
+                  else f"({item['state']})" if item.get("state") else "(dry run)")
         print(f"message {item['original']} to {item['to']} ({item['rule'] or 'manual'}) {target}"
               + (f"  [{item['reason']}]" if item["reason"] else ""))
     print(("would replay" if args.dry_run else "replayed") + f" {len(items)} message(s)")

@@ -165,7 +165,7 @@ def create_app(daemon) -> Starlette:
     async def retry_messages(request: Request):
         from engine.replay import parse_filter, replay
         flt = parse_filter(await _json_body(request, daemon.config.http.max_body))
-        replays = await daemon.db(replay, daemon.store, flt)
+        replays = await daemon.db(replay, daemon.store, flt, daemon.config, daemon.clock.now())
         if not flt.dry_run:
             daemon.dispatch_wake.set()
         return JSONResponse({"replayed" if not flt.dry_run else "would_replay": replays,

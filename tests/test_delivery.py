@@ -579,3 +579,35 @@ async def test_recovery_after_a_crash_does_not_hold_up_the_api(tmp_path, monkeyp
             trace = (await client.get(f"/messages/{message_id}")).json()
             assert [(a["what"], a["outcome"]) for a in trace["attempts"]][0] == ("lookup", "found")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_replay_keeps_to_the_window_and_skips_a_number_that_opted_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from zoneinfo import ZoneInfo
+    now = datetime.now(ZoneInfo("Europe/Moscow"))
+    window = f"{(now + timedelta(hours=2)).strftime('%H:00')}-{(now + timedelta(hours=3)).strftime('%H:00')}"
+    async with trio.open_nursery() as nursery:
+        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
+        await main.up()
+        config = project(tmp_path, SMS_RULE, main.url)
+        async with daemon_for(config) as (daemon, client):
+            main.fake.set_fault("error", code=21)
+            phones = ["+79004440021", "+79004440022", "+79004440023"]
+            for phone in phones:
+                await client.post("/messages", json={"to": phone, "text": "x", "channel": "sms", "now": True})
+            await wait_for(lambda: states(daemon) == {"failed": 3}, what=lambda: states(daemon))
+            main.fake.clear_faults()
+            daemon.store.add_opt_out("+79004440023", "test", datetime.now(timezone.utc))
+            text = config.read_text().replace("    admin_email:", f'    send_window: "{window}"\n    admin_email:')
+            config.write_text(text)
+            assert (await client.post("/reload")).status_code == 200
+            ids = {m["to"]: m["id"] for m in daemon.store.messages(state="failed")}
+            waits = (await client.post("/messages/retry", json={"ids": [ids[phones[0]], ids[phones[2]]]})).json()
+            goes = (await client.post("/messages/retry", json={"ids": [ids[phones[1]]], "now": True})).json()
+            by_to = {item["to"]: item for item in waits["replayed"] + goes["replayed"]}
+            assert by_to[phones[0]]["state"] == "deferred"
+            assert by_to[phones[1]]["state"] == "queued"
+            assert by_to[phones[2]]["replay"] is None and "opted out" in by_to[phones[2]]["state"]
+            await wait_for(lambda: [m["msisdn"] for m in main.fake.messages()] == ["79004440022"],
+                           what=lambda: main.fake.messages())
+        nursery.cancel_scope.cancel()
