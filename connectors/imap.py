@@ -17,20 +17,27 @@ forwarding rule — to a mailbox; this connector reads it. How a mail becomes an
   STARTTLS or, on loopback only, plain;
 - IDLE where the server offers it (a new mail is an event within moments), polling
   every `interval` seconds otherwise;
-- every message after the position is taken, `batch` at a time, in UID order. The
-  position — UIDVALIDITY and the last UID — is the connector's cursor, moved in the
-  same transaction as the events (`ctx.emit(events, cursor=…)`); a changed UIDVALIDITY
-  starts the folder over, and the event ids (from the Message-ID) keep mails already
-  journaled from counting twice;
+- every message after the position is taken, `batch` at a time, in UID order — by
+  its UID alone: a mail someone else already marked read is still new. The position —
+  UIDVALIDITY, the last UID and the INTERNALDATE of the newest mail seen — is the
+  connector's cursor, moved in the same transaction as the events (`ctx.emit(events,
+  cursor=…)`). A changed UIDVALIDITY makes the UIDs meaningless: the folder's mail
+  delivered at or after that date (and after what `start: end` left alone) is new, the
+  rest is not; the event ids (from the Message-ID) keep a mail journaled before from
+  counting twice;
 - only after the events are committed is the mail acknowledged: flagged (`flag`) or
-  moved (`move_to`). A crash in between leaves mail below the position unacknowledged;
-  the next session acknowledges it without journaling it again;
+  moved (`move_to`). A crash or a refused acknowledgement in between leaves mail below
+  the position unacknowledged (the leftovers); the next round — the next session after
+  a crash — acknowledges it without journaling it again, and new mail never waits
+  for it;
 - a bad mail (oversize, unparseable, unknown charset, no event name) is journaled as a
   `mail.rejected` event with the reason and moved to the `quarantine` folder; the
   mailbox goes on;
 - a failure reports down in /health at once, reconnects with back-off (1 s … 60 s,
   jittered), and after `silence` seconds journals `connector.down`, then
-  `connector.up` when it works again (connectors/outage.py).
+  `connector.up` when it works again (connectors/outage.py). A quiet IDLE is healthy;
+  it is renewed every min(`timeout`, 60) seconds and the server must answer within
+  `timeout`, so a frozen server or a silently dropped connection is noticed.
 
 The password never reaches a log line, an error or /health.
 User documentation: docs/connectors/imap.md.
@@ -43,11 +50,13 @@ import ipaddress
 import json
 import logging
 import random
+import re
 import select
 import socket
 import ssl
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Collection
 
 import trio
 from imapclient import IMAPClient
@@ -71,26 +80,33 @@ OPTIONS = ("name", "host", "port", "security", "verify", "ca_file", "user", "pas
 SECURITY = {"tls": 993, "starttls": 143, "none": 143}
 STARTS = ("end", "beginning")
 CURSOR = "position"
-IDLE_RENEW = 300.0          # seconds in one IDLE before it is renewed (RFC 2177: under 29 min)
+IDLE_RENEW = 60.0           # at most this many seconds in one IDLE (or `timeout`, if less): the renewal
+                            # is the check that the server still answers
 IDLE_STEP = 1.0             # seconds per wait in a worker thread, so shutdown is prompt
-_SYSTEM_FLAGS = {"\\seen": "SEEN", "\\flagged": "FLAGGED", "\\answered": "ANSWERED", "\\draft": "DRAFT"}
+_SYSTEM_FLAGS = {"\\seen": "SEEN", "\\flagged": "FLAGGED", "\\answered": "ANSWERED", "\\draft": "DRAFT",
+                 "\\deleted": "DELETED"}
+_KEYWORD = re.compile(r'^[!#$&\'+-\[^-z|~]+$')      # an IMAP atom: no space, ( ) { % * " \\ ] or controls
 _NETWORK_ERRORS = (IMAPClientError, imaplib.IMAP4.error, OSError, ssl.SSLError, socket.timeout, EOFError)
 
 
 @dataclass(frozen=True)
 class _Position:
     uidvalidity: int
-    uid: int             # the last UID journaled
-    base: int = 0        # UIDs up to this were there at the first start (start: end) — never ours
+    uid: int                        # the last UID journaled
+    base: int = 0                   # UIDs up to this were there at the first start (start: end) — never ours
+    date: int | None = None         # INTERNALDATE (Unix seconds) of the newest mail seen: journaled or left alone
+    base_date: int | None = None    # … of the newest mail left alone by start: end
 
     def dump(self) -> str:
-        return json.dumps({"uidvalidity": self.uidvalidity, "uid": self.uid, "base": self.base})
+        extra = {k: v for k, v in (("date", self.date), ("base_date", self.base_date)) if v is not None}
+        return json.dumps({"uidvalidity": self.uidvalidity, "uid": self.uid, "base": self.base, **extra})
 
     @staticmethod
     def load(text: str | None) -> "_Position | None":
         try:
             data = json.loads(text or "")
-            return _Position(int(data["uidvalidity"]), int(data["uid"]), int(data.get("base", 0)))
+            dates = [None if data.get(k) is None else int(data[k]) for k in ("date", "base_date")]
+            return _Position(int(data["uidvalidity"]), int(data["uid"]), int(data.get("base", 0)), *dates)
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -100,6 +116,7 @@ class _Fetched:
     uid: int
     raw: bytes
     size: int
+    date: int | None = None         # INTERNALDATE, Unix seconds
 
 
 class _Checker:
@@ -214,7 +231,8 @@ class ImapConnector:
             self._password = options["password"]
         self.folder = check.text("folder", default="INBOX", example="folder: INBOX") or "INBOX"
         self.move_to = check.text("move_to", example="move_to: Herald/Done")
-        self.flag = check.text("flag", default="\\Seen", example='flag: "\\\\Seen" (or a keyword: $Herald)')
+        self.flag = _flag(check, check.text("flag", default="\\Seen",
+                                            example='flag: "\\\\Seen" (or a keyword: $Herald)') or "\\Seen")
         if self.move_to and "flag" in options:
             check.error("flag and move_to: give one — processed mail is either flagged or moved", "flag",
                         hint="leave out flag to move, or move_to to flag")
@@ -232,7 +250,7 @@ class ImapConnector:
             check.error(f"max_size: expected a size such as 10485760 or \"10 MiB\", got "
                         f"{_what(options.get('max_size'))}", "max_size")
             max_size = 10 * 1024 * 1024
-        self.start = options.get("start", "end")
+        self.start = reveal(options.get("start", "end"))
         if self.start not in STARTS:
             check.error(f"start: expected end or beginning, got {_what(self.start)}", "start",
                         hint="end: leave the mail already there at the first start; beginning: take it all")
@@ -247,9 +265,21 @@ class ImapConnector:
         self._conn: IMAPClient | None = None
         self._position: _Position | None = None
         self._limiter = trio.CapacityLimiter(1)
-        self._leftovers = True            # look for mail journaled but not acknowledged (once per session)
+        self._leftovers = True            # look for mail journaled but not acknowledged
+        self._ack_error = ""              # the last acknowledgement the server refused (for /health)
         self._session_ok = False
+        self.renew = min(IDLE_RENEW, self.timeout)
         self.outage = Outage(self.type, self.silence, log, self.where)
+
+    def check_sites(self, sites: Collection[str]) -> list[Diagnostic]:
+        """The `site` option names a configured site (engine/loader.py asks, with the
+        config's sites: `herald check`, reload and start report it)."""
+        if self.site is None or self.site in sites:
+            return []
+        check = _Checker(self.config)
+        check.error(f'site: unknown site "{self.site}"', "site",
+                    hint=did_you_mean(self.site, sites) or f"sites: {', '.join(sites)}")
+        return check.problems
 
     # ------------------------------------------------------------------ blocking side (threads)
 
@@ -265,6 +295,7 @@ class ImapConnector:
         conn = IMAPClient(self.host, port=self.port, ssl=self.security == "tls",
                           ssl_context=self._ssl_context() if self.security == "tls" else None,
                           timeout=self.timeout)
+        conn.normalise_times = False      # INTERNALDATE with its zone: the position stores Unix seconds
         try:
             if self.security == "starttls":
                 conn.starttls(self._ssl_context())
@@ -288,17 +319,34 @@ class ImapConnector:
         return [f"UN{system}"] if system else ["UNKEYWORD", self.flag]
 
     def _fetch(self, conn: IMAPClient, uids: list[int]) -> list[_Fetched]:
-        sizes = conn.fetch(uids, ["RFC822.SIZE"])
-        small = [u for u in uids if sizes.get(u, {}).get(b"RFC822.SIZE", 0) <= self.mapping.max_size]
-        big = [u for u in uids if u not in small]
+        """The mails of these UIDs (only the headers of an oversize one). The server may
+        add unsolicited FETCH responses (another client's flag change): only requested
+        UIDs that carry what was asked for count — a mail expunged meanwhile is gone."""
+        wanted = set(uids)
+        info = {u: d for u, d in conn.fetch(uids, ["RFC822.SIZE", "INTERNALDATE"]).items()
+                if u in wanted and b"RFC822.SIZE" in d}
+        small = [u for u in uids if u in info and info[u][b"RFC822.SIZE"] <= self.mapping.max_size]
+        big = [u for u in uids if u in info and info[u][b"RFC822.SIZE"] > self.mapping.max_size]
         out = {}
-        if small:
-            for uid, data in conn.fetch(small, ["BODY.PEEK[]"]).items():
-                out[uid] = _Fetched(uid, data.get(b"BODY[]") or b"", sizes[uid][b"RFC822.SIZE"])
-        if big:                       # only the headers, for the rejection record
-            for uid, data in conn.fetch(big, ["BODY.PEEK[HEADER]"]).items():
-                out[uid] = _Fetched(uid, data.get(b"BODY[HEADER]") or b"", sizes[uid][b"RFC822.SIZE"])
+        for ask, part, chosen in (("BODY.PEEK[]", b"BODY[]", small),
+                                  ("BODY.PEEK[HEADER]", b"BODY[HEADER]", big)):     # headers: for the record
+            if not chosen:
+                continue
+            asked = set(chosen)
+            for uid, data in conn.fetch(chosen, [ask]).items():
+                if uid in asked and part in data:
+                    out[uid] = _Fetched(uid, data[part] or b"", info[uid][b"RFC822.SIZE"],
+                                        _seconds(info[uid].get(b"INTERNALDATE")))
         return [out[u] for u in sorted(out)]
+
+    def _dates(self, conn: IMAPClient, uids: list[int] | str) -> dict[int, int]:
+        """UID → INTERNALDATE (Unix seconds)."""
+        out = {}
+        for uid, data in conn.fetch(uids, ["INTERNALDATE"]).items():
+            seconds = _seconds(data.get(b"INTERNALDATE"))
+            if seconds is not None:
+                out[uid] = seconds
+        return out
 
     def _acknowledge(self, conn: IMAPClient, done: list[int], bad: list[int]) -> None:
         if done:
@@ -381,34 +429,38 @@ class ImapConnector:
             more = await self.round(ctx)
             self._session_ok = True
             await self.outage.succeeded(ctx)
+            trouble = f"; could not acknowledge: {self._ack_error}" if self._ack_error else ""
             ctx.alive(f"{self.where}: {'IDLE' if idle else f'polling every {self.interval:g}s'}; "
-                      f"{self.read} mail(s) read, {self.new_events} event(s), {self.rejected} rejected since start")
+                      f"{self.read} mail(s) read, {self.new_events} event(s), {self.rejected} rejected since start"
+                      f"{trouble}")
             if more:
                 continue
             if idle:
                 await self._wait_idle()
             else:
-                await trio.sleep(self.interval)
-                await self._call(self._conn.noop)
+                await self._wait_poll()
+
+    async def _wait_poll(self) -> None:
+        """Sleep `interval`, with a NOOP every `renew` seconds: a quiet wait is healthy."""
+        deadline = trio.current_time() + self.interval
+        while (left := deadline - trio.current_time()) > 0:
+            await trio.sleep(min(left, self.renew))
+            await self._call(self._conn.noop)
+            self.outage.heartbeat()
 
     async def _wait_idle(self) -> None:
-        """IDLE until the server reports a change (or IDLE_RENEW passes)."""
+        """IDLE until the server reports a change, or for `renew` seconds. Ending it
+        (DONE) needs the server's answer within `timeout` (the socket's timeout): a
+        frozen server or a silently dropped connection fails the session here."""
         conn = self._conn
         await self._call(conn.idle)
-        try:
-            deadline = trio.current_time() + IDLE_RENEW
-            while trio.current_time() < deadline:
-                responses = await self._call(_idle_step, conn, IDLE_STEP)
-                if any(not (isinstance(r, tuple) and r and r[0] == b"OK") for r in responses):
-                    return
-        finally:
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + 2 * IDLE_STEP + 1
-                if self._conn is conn:
-                    try:
-                        await self._call(conn.idle_done)
-                    except _NETWORK_ERRORS:
-                        pass
+        deadline = trio.current_time() + self.renew
+        while (left := deadline - trio.current_time()) > 0:
+            responses = await self._call(_idle_step, conn, min(IDLE_STEP, left))
+            self.outage.heartbeat()          # a quiet IDLE on an open connection is no silence
+            if any(not (isinstance(r, tuple) and r and r[0] == b"OK") for r in responses):
+                break
+        await self._call(conn.idle_done)
 
     async def round(self, ctx: ConnectorContext) -> bool:
         """Take one batch of new mail: journal, then acknowledge. True when more is waiting."""
@@ -416,26 +468,17 @@ class ImapConnector:
         info = await self._call(conn.select_folder, self.folder)
         validity = int(info[b"UIDVALIDITY"])
         last_uid = int(info.get(b"UIDNEXT", 1)) - 1
+        exists = int(info.get(b"EXISTS", 1))
         position = self._position
         if position is None:
-            start = _Position(validity, last_uid, last_uid) if self.start == "end" else _Position(validity, 0)
-            await ctx.emit([], cursor=(CURSOR, start.dump()))
-            self._position = position = start
-            if self.start == "end":
-                log.info("imap connector %s: first start: %d mail(s) already in %s left alone", ctx.name,
-                         last_uid, self.folder)
+            position = await self._first_position(ctx, validity, last_uid, exists)
         elif position.uidvalidity != validity:
-            log.warning("imap connector %s: UIDVALIDITY of %s changed (%d → %d): reading the folder again; "
-                        "mails journaled before are recognised by their Message-ID", ctx.name, self.folder,
-                        position.uidvalidity, validity)
-            position = _Position(validity, 0)
-            await ctx.emit([], cursor=(CURSOR, position.dump()))
-            self._position = position
+            position = await self._revalidated(ctx, position, validity, last_uid)
         prefix = f"imap:{ctx.name}:"
         if self._leftovers:
-            await self._acknowledge_leftovers(position, prefix)
-            self._leftovers = False
-        found = await self._call(conn.search, ["UID", f"{position.uid + 1}:*", *self._unacked()])
+            self._leftovers = not await self._acknowledge_leftovers(ctx, position, prefix)
+        # new mail is the mail after the position, whatever its flags: someone may have read it
+        found = await self._call(conn.search, ["UID", f"{position.uid + 1}:*"])
         uids = sorted(u for u in found if u > position.uid)
         if not uids:
             return False
@@ -443,33 +486,69 @@ class ImapConnector:
         fetched = await self._call(self._fetch, conn, batch)
         mapped = await trio.to_thread.run_sync(self._map, fetched, prefix)
         self.read += len(mapped)
-        new_ids = await self._emit(ctx, mapped, _Position(validity, batch[-1], position.base))
+        dates = [d for d in [position.date, *(f.date for f in fetched)] if d is not None]
+        new_ids = await self._emit(ctx, mapped, replace(position, uid=batch[-1], date=max(dates, default=None)))
         self.new_events += sum(1 for _, e, good in mapped if good and e["id"] in new_ids)
-        await self._call(self._acknowledge, conn, [u for u, _, good in mapped if good],
-                         [u for u, _, good in mapped if not good])
+        if not await self._acknowledge_now(ctx, mapped):
+            self._leftovers = True           # the next round tries again; new mail does not wait for it
         return len(uids) > len(batch)
+
+    async def _first_position(self, ctx: ConnectorContext, validity: int, last_uid: int, exists: int) -> _Position:
+        if self.start == "end":
+            top = await self._call(self._conn.search, ["UID", f"{max(last_uid, 1)}:*"]) if exists else []
+            newest = await self._call(self._dates, self._conn, top) if top else {}   # the highest UID's
+            date = max(newest.values(), default=None)
+            start = _Position(validity, last_uid, last_uid, date, date)
+            log.info("imap connector %s: first start: %d mail(s) already in %s left alone", ctx.name,
+                     exists, self.folder)
+        else:
+            start = _Position(validity, 0)
+        await ctx.emit([], cursor=(CURSOR, start.dump()))
+        self._position = start
+        return start
+
+    async def _revalidated(self, ctx: ConnectorContext, position: _Position, validity: int,
+                           last_uid: int) -> _Position:
+        """The folder's UIDs changed meaning. New is the mail delivered (INTERNALDATE) at or
+        after the newest mail seen before, and after the newest one `start: end` left
+        alone; reading starts at the first such UID. Mail of that very second that was
+        journaled before is known by its event id, so the tie sends nothing twice and
+        loses nothing new."""
+        if position.date is None:             # nothing was ever there: all of it is new
+            start = 0
+        else:
+            since = datetime.fromtimestamp(position.date, timezone.utc).date() - timedelta(days=1)
+            found = await self._call(self._conn.search, ["SINCE", since])
+            dates = await self._call(self._dates, self._conn, found) if found else {}
+            new = [u for u, d in dates.items()
+                   if d >= position.date and (position.base_date is None or d > position.base_date)]
+            start = min(new) - 1 if new else last_uid
+        log.warning("imap connector %s: UIDVALIDITY of %s changed (%d → %d): mail delivered since the last "
+                    "one seen is read from UID %d on; mails journaled before are recognised by their Message-ID",
+                    ctx.name, self.folder, position.uidvalidity, validity, start + 1)
+        position = _Position(validity, start, start, position.date, position.base_date)
+        await ctx.emit([], cursor=(CURSOR, position.dump()))
+        self._position = position
+        return position
 
     async def _emit(self, ctx: ConnectorContext, mapped: list, position: _Position) -> set[str]:
         """Journal the batch with the new position. An event Herald refuses (EventError)
-        turns that mail into a rejected one and the rest are journaled again."""
+        turns that mail into a rejected one; a refused rejection record is journaled
+        without its site, or — refused again — dropped (the mail is still quarantined,
+        and logged): a record never blocks the mailbox."""
         while True:
+            live = [i for i, (_, e, _) in enumerate(mapped) if e is not None]
             try:
-                new_ids = set(await ctx.emit([e for _, e, _ in mapped], cursor=(CURSOR, position.dump())))
+                new_ids = set(await ctx.emit([mapped[i][1] for i in live], cursor=(CURSOR, position.dump())))
                 break
             except EventError as exc:
                 index = _index_of(exc.pointer)
-                if index is None or index >= len(mapped) or not mapped[index][2]:
+                if index is None or index >= len(live):
                     raise
-                uid, event, _ = mapped[index]
-                problem = Rejected("refused", f"{exc.pointer}: {exc.message}")
-                record = rejected_event(b"", problem, id_prefix=event["id"] + ":",
-                                        quarantine=self.quarantine, site=None,
-                                        extra={k: v for k, v in event["data"].items() if k.startswith("MAIL_")
-                                               and k != "MAIL_TEXT"} | {"MAIL_UID": uid})
-                mapped[index] = (uid, record, False)
+                mapped[live[index]] = self._refused(ctx, *mapped[live[index]], exc)
         self._position = position
         for uid, event, good in mapped:
-            if not good and event["id"] in new_ids:
+            if not good and event is not None and event["id"] in new_ids:
                 self.rejected += 1
                 data = event["data"]
                 log.warning("imap connector %s: mail UID %s rejected (%s: %s), moved to %s; subject %r",
@@ -477,11 +556,43 @@ class ImapConnector:
                             data.get("MAIL_SUBJECT", ""))
         return new_ids
 
-    async def _acknowledge_leftovers(self, position: _Position, prefix: str) -> None:
+    def _refused(self, ctx: ConnectorContext, uid: int, event: dict, good: bool, exc: EventError) -> tuple:
+        """What to journal instead of a refused event."""
+        if good:
+            problem = Rejected("refused", f"{exc.pointer}: {exc.message}")
+            return uid, rejected_event(b"", problem, id_prefix=event["id"] + ":", quarantine=self.quarantine,
+                                       site=None, extra={k: v for k, v in event["data"].items()
+                                                         if k.startswith("MAIL_") and k != "MAIL_TEXT"}
+                                       | {"MAIL_UID": uid, "MAIL_FOLDER": self.folder}), False
+        if "site" in event:
+            return uid, {k: v for k, v in event.items() if k != "site"}, False
+        log.error("imap connector %s: the rejection record of mail UID %s was refused (%s: %s); the mail is "
+                  "quarantined without one", ctx.name, uid, exc.pointer, exc.message)
+        return uid, None, False
+
+    async def _acknowledge_now(self, ctx: ConnectorContext, mapped: list) -> bool:
+        """Flag or move the journaled mail. A refusal by the server (NO/BAD: a folder
+        deleted meanwhile, a quota) is logged and shown in /health — the mail stays a
+        leftover; a broken connection ends the session."""
+        try:
+            await self._call(self._acknowledge, self._conn, [u for u, _, good in mapped if good],
+                             [u for u, _, good in mapped if not good])
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as exc:
+            self._ack_error = self._describe(exc)
+            log.warning("imap connector %s: could not acknowledge %d mail(s) (%s); trying again later", ctx.name,
+                        len(mapped), self._ack_error)
+            return False
+        self._ack_error = ""
+        return True
+
+    async def _acknowledge_leftovers(self, ctx: ConnectorContext, position: _Position, prefix: str) -> bool:
         """Mail at or below the position that is still unacknowledged was journaled
-        when the acknowledgement failed (a crash, a lost connection): acknowledge it now."""
+        when the acknowledgement failed (a crash, a lost connection, a refusal):
+        acknowledge it now. False when the server refused again."""
         if position.uid <= position.base:
-            return
+            return True
         found = await self._call(self._conn.search, ["UID", f"{position.base + 1}:{position.uid}",
                                                      *self._unacked()])
         uids = sorted(u for u in found if position.base < u <= position.uid)
@@ -489,10 +600,12 @@ class ImapConnector:
             chunk = uids[i:i + self.batch]
             fetched = await self._call(self._fetch, self._conn, chunk)
             mapped = await trio.to_thread.run_sync(self._map, fetched, prefix)
-            await self._call(self._acknowledge, self._conn, [u for u, _, good in mapped if good],
-                             [u for u, _, good in mapped if not good])
+            if not await self._acknowledge_now(ctx, mapped):
+                return False
         if uids:
-            log.info("imap connector: %d mail(s) journaled before but not acknowledged: acknowledged now", len(uids))
+            log.info("imap connector %s: %d mail(s) journaled before but not acknowledged: acknowledged now",
+                     ctx.name, len(uids))
+        return True
 
     def _describe(self, exc: BaseException) -> str:
         text = " ".join(f"{type(exc).__name__}: {exc}".split())
@@ -518,6 +631,25 @@ def _idle_step(conn: IMAPClient, timeout: float) -> list:
         if responses:
             return responses
     raise ConnectionError("the server closed the connection")
+
+
+def _flag(check: _Checker, flag: str) -> str:
+    """`flag`: an IMAP system flag (any case, written back in its own) or a keyword atom."""
+    if flag.startswith("\\"):
+        names = {k: "\\" + v.capitalize() for k, v in _SYSTEM_FLAGS.items()}
+        if flag.lower() in names:
+            return names[flag.lower()]
+        check.error(f'flag: "{flag}" is not an IMAP system flag', "flag",
+                    hint=did_you_mean(flag, list(names.values())) or f"system flags: {', '.join(names.values())}")
+    elif not (flag.isascii() and _KEYWORD.match(flag)):
+        check.error(f'flag: "{flag}" is neither an IMAP system flag nor a keyword (letters, digits, $ _ - . '
+                    'and no spaces)', "flag", hint="e.g. flag: $Herald, or flag: \"\\\\Seen\"")
+    return flag
+
+
+def _seconds(value: Any) -> int | None:
+    """An INTERNALDATE (an aware datetime: normalise_times is off) as Unix seconds."""
+    return int(value.timestamp()) if isinstance(value, datetime) else None
 
 
 def _close(conn: IMAPClient) -> None:

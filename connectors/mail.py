@@ -17,7 +17,10 @@ feeds raw messages in. User documentation: docs/connectors/imap.md.
   `MAIL_MESSAGE_ID` and `MAIL_DATE`.
 - Decoding is the stdlib `email` package's (policy.default): quoted-printable,
   base64, RFC 2047 headers, any charset Python knows (UTF-8, windows-1251, KOI8-R …).
-  A charset Python does not know, an oversize or unparseable mail is rejected.
+  A charset Python does not know — in the body or in an encoded word of Subject,
+  From, To or Cc — is rejected ("unknown charset"): a guessed subject in an SMS is worse
+  than a quarantined mail. So is a body that does not decode (broken base64, bytes
+  that are not in its charset: "unparseable"), and an oversize mail.
 
 `MailMapping.event(raw, …)` returns the event or raises `Rejected` with a short reason
 (`oversize`, `unparseable`, `unknown charset`, `no match`, `bad event name`) and a detail.
@@ -25,6 +28,7 @@ feeds raw messages in. User documentation: docs/connectors/imap.md.
 
 from __future__ import annotations
 
+import codecs
 import email
 import email.policy
 import hashlib
@@ -48,6 +52,8 @@ REASONS = ("oversize", "unparseable", "unknown charset", "no match", "bad event 
 _EVENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LINE = re.compile(r"^\s*([^:\n]{1,60}?)\s*:\s*(.*?)\s*$", re.M)
+_ENCODED_WORD = re.compile(r"=\?([^?*\s]+)(?:\*[^?\s]*)?\?[bBqQ]\?")
+_DECODED_HEADERS = ("subject", "from", "to", "cc")
 
 
 class Rejected(Exception):
@@ -83,6 +89,7 @@ def parse_mail(raw: bytes, signature: tuple[re.Pattern, ...] = ()) -> Mail:
         raise Rejected("unparseable", f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(message, EmailMessage) or not list(message.keys()):
         raise Rejected("unparseable", "no mail headers")
+    _check_charsets(message)
     try:
         subject = _header(message, "Subject")
         sender = _addresses(message, "From")
@@ -102,6 +109,19 @@ def _header(message: EmailMessage, name: str) -> str:
         if "charset" in str(defect).lower() or "unknown" in type(defect).__name__.lower():
             raise Rejected("unknown charset", f"{name} header: {defect}")
     return " ".join(str(value).split())
+
+
+def _check_charsets(message: EmailMessage) -> None:
+    """The stdlib decodes an encoded word in an unknown charset as best it can, without
+    a defect: look at the raw headers ourselves."""
+    for name, value in message.raw_items():
+        if name.lower() not in _DECODED_HEADERS:
+            continue
+        for charset in _ENCODED_WORD.findall(str(value)):
+            try:
+                codecs.lookup(charset)
+            except LookupError:
+                raise Rejected("unknown charset", f'{name} header: "{charset[:40]}"') from None
 
 
 def _addresses(message: EmailMessage, name: str) -> list[str]:
@@ -130,6 +150,7 @@ def _body_text(message: EmailMessage, signature: tuple[re.Pattern, ...]) -> str:
         raise Rejected("unparseable", f"{part.get_content_type()} part: {type(exc).__name__}: {exc}") from exc
     if not isinstance(content, str):
         return ""
+    _check_decoding(part, charset)
     if part.get_content_subtype() == "html":
         content = get_text(content)
     lines = [" ".join(line.split()) for line in content.replace("\r\n", "\n").split("\n")]
@@ -138,6 +159,23 @@ def _body_text(message: EmailMessage, signature: tuple[re.Pattern, ...]) -> str:
             lines = lines[:i]
             break
     return re.sub(r"\n{2,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _check_decoding(part: EmailMessage, charset: str) -> None:
+    """get_content() hides damage — it skips bad base64 and replaces undecodable bytes —
+    so a damaged body would give a garbled SMS: reject it instead."""
+    damage = [d for d in part.defects if "Base64" in type(d).__name__]
+    if damage:
+        raise Rejected("unparseable", f"{part.get_content_type()} part: {type(damage[0]).__name__}")
+    payload = part.get_payload(decode=True)
+    if isinstance(payload, bytes) and part.get_param("charset") is not None:     # declared, so binding
+        try:
+            payload.decode(charset)
+        except UnicodeDecodeError as exc:
+            raise Rejected("unparseable", f"{part.get_content_type()} part: not {charset} text "
+                           f"(byte {exc.start})") from None
+        except LookupError:
+            pass                                   # get_content already judged the charset
 
 
 def fold(text: str) -> str:
@@ -281,18 +319,22 @@ def rejected_event(raw: bytes, problem: Rejected, *, id_prefix: str, quarantine:
     data: dict[str, Any] = {"MAIL_REASON": problem.reason, "MAIL_ERROR": problem.detail,
                             "MAIL_SIZE": len(raw), "MAIL_QUARANTINE": quarantine}
     message_id = ""
-    if problem.reason != "oversize":
-        try:
-            mail = parse_mail(raw)
-            data.update(basics(mail))
-            message_id = mail.message_id
-        except Rejected:
-            pass
+    try:               # an oversize mail: only its headers (all the connector fetched of it)
+        mail = parse_mail(_head(raw) if problem.reason == "oversize" else raw)
+        data.update(basics(mail))
+        message_id = mail.message_id
+    except Rejected:
+        pass
     data.update(extra or {})
     event = {"type": "mail.rejected", "id": f"{id_prefix}rejected:{mail_digest(raw, message_id)}", "data": data}
     if site:
         event["site"] = site
     return event
+
+
+def _head(raw: bytes) -> bytes:
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    return raw[: min(ends)] + b"\r\n\r\n" if ends else raw
 
 
 # ====================================================================== options

@@ -66,6 +66,13 @@ class Outage:
         """A round begins: the watchdog counts it as failed if it runs for `silence` seconds."""
         self.round_since = trio.current_time()
 
+    def heartbeat(self) -> None:
+        """The connection is healthy between rounds (an IMAP IDLE waiting quietly): a
+        failure right after a long quiet wait is measured from here, not from the last
+        round, so a short blip is no outage."""
+        if not self.failing:
+            self.last_ok = trio.current_time()
+
     def failing_now(self, ctx: ConnectorContext, error: str) -> None:
         """A round failed: down in /health at once."""
         self.round_since = None

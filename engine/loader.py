@@ -116,9 +116,13 @@ def check_connectors(config: Config) -> list[Diagnostic]:
                                        "error", "give each a unique `name:`; names keep their cursors apart"))
         names[name] = entry.location
         try:
-            cls(entry)
+            connector = cls(entry)
         except ConfigError as exc:
             problems.extend(exc.diagnostics)
+            continue
+        check_sites = getattr(connector, "check_sites", None)     # options naming a site (imap's `site`)
+        if check_sites is not None:
+            problems.extend(check_sites(config.sites))
     return problems
 
 

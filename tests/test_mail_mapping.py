@@ -131,3 +131,35 @@ def test_option_problems_are_reported_with_their_place():
     assert (("match", 0, "subject"), "match[0].subject") in found
     assert (("extract", 0, "lines"), "extract[0].lines") in found
     assert (("text_limit",), "text_limit") in found and (("event_header",), "event_header") in found
+
+
+def test_an_unknown_charset_in_an_rfc2047_header_is_rejected():
+    raw = (b"From: shop@example.com\r\nSubject: =?x-klingon?B?0J/RgNC40LLQtdGC?=\r\n"
+           b"X-EVENT_NAME: SALE_NEW_ORDER\r\n\r\nText\r\n")
+    with pytest.raises(Rejected) as caught:
+        mapping().event(raw, id_prefix=PREFIX)
+    assert caught.value.reason == "unknown charset" and "x-klingon" in caught.value.detail
+    assert "Subject" in caught.value.detail
+
+
+@pytest.mark.parametrize("body, cte, charset", [
+    (b"0J/RgNC4!!!@@@\r\n", "base64", "utf-8"),                 # not base64
+    (b"\xff\xfe \xd0 broken\r\n", "8bit", "utf-8"),             # not UTF-8
+])
+def test_a_body_that_cannot_be_decoded_is_unparseable(body, cte, charset):
+    raw = (b"From: shop@example.com\r\nSubject: s\r\nX-EVENT_NAME: SALE_NEW_ORDER\r\nMIME-Version: 1.0\r\n"
+           + f"Content-Type: text/plain; charset={charset}\r\nContent-Transfer-Encoding: {cte}\r\n\r\n".encode()
+           + body)
+    with pytest.raises(Rejected) as caught:
+        mapping().event(raw, id_prefix=PREFIX)
+    assert caught.value.reason == "unparseable"
+
+
+def test_the_rejection_record_of_an_oversize_mail_has_its_subject_and_sender():
+    from connectors.mail import rejected_event
+    raw = bitrix_mail("SALE_NEW_ORDER", subject="Огромное письмо", text="x" * 5000)
+    with pytest.raises(Rejected) as caught:
+        mapping(max_size=1000).event(raw, id_prefix=PREFIX)
+    record = rejected_event(raw, caught.value, id_prefix=PREFIX, quarantine="Quarantine")
+    assert record["data"]["MAIL_REASON"] == "oversize"
+    assert record["data"]["MAIL_SUBJECT"] == "Огромное письмо" and record["data"]["MAIL_FROM"] == "shop@example.com"
