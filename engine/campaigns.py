@@ -22,8 +22,9 @@ sends whatever is due there in BSG batch calls of ≤ 50, as it does for every m
 - Budget: until BSG has priced a message, one message goes at a time; then, before
   feeding, the cost so far (BSG's prices) plus the messages in flight at the highest
   price seen must leave room; when it does not, the campaign stops with an
-  admin alert. A low balance (at most `bsg.balance_alert`, else zero) or BSG refusing for
-  lack of funds stops every running campaign the same way. `resume` continues.
+  admin alert. A low balance (at most `bsg.balance_alert`, else zero) of the BSG account
+  a campaign's site uses (the main one, or the site's own `api_key`) stops every running
+  campaign of that account the same way; so does BSG refusing for lack of funds. `resume` continues.
 """
 
 from __future__ import annotations
@@ -385,7 +386,7 @@ def change_state(daemon, key: str, action: str) -> dict:
             store.recall_campaign(cid, "cancelled", "campaign cancelled")
     feeder = getattr(daemon, "feeder", None)
     if feeder is not None:
-        feeder.balance_at = 0.0            # a resumed campaign reads the balance first
+        feeder.balance_at.clear()          # a resumed campaign reads the balance first
     return status(daemon, cid)
 
 
@@ -445,7 +446,7 @@ class Feeder:
         self.wake = Pulse()
         daemon.campaigns_wake = self.wake
         self.tokens: dict[int, tuple[float, float]] = {}   # campaign → (tokens, trio time)
-        self.balance_at = 0.0                               # trio time of the next balance read
+        self.balance_at: dict[str | None, float] = {}      # account → trio time of its next balance read
         self.generation = None
 
     @property
@@ -492,25 +493,34 @@ class Feeder:
         if held:
             await self.daemon.db(self._stop, c, "BSG refuses to send: not enough funds (error 8)")
             return False
-        dispatcher = self.daemon.dispatcher
-        if dispatcher is None or trio.current_time() < self.balance_at or dispatcher.client is None:
-            return True
-        self.balance_at = trio.current_time() + BALANCE_EVERY
         from engine.bsg import BsgError
+        from engine.incoming import account_client
+
+        account = self._account(c["site"])
+        client = account_client(self.daemon, account)
+        if client is None or trio.current_time() < self.balance_at.get(account, 0.0):
+            return True
+        self.balance_at[account] = trio.current_time() + BALANCE_EVERY
         try:
-            balance = await dispatcher.client.balance()
+            balance = await client.balance()
         except BsgError as exc:
             log.info("campaigns: balance not read (%s); feeding on", exc)
             return True
         threshold = self.daemon.config.bsg.balance_alert or 0
         if balance.amount <= threshold:
-            reason = (f"low balance: {balance.amount} {balance.currency} (at or under "
+            where = f" of site {account}'s BSG account" if account else ""
+            reason = (f"low balance{where}: {balance.amount} {balance.currency} (at or under "
                       f"{threshold:g}{', bsg.balance_alert' if threshold else ''})")
-            for other in await self.daemon.db(self.store.live_campaigns):
-                if other["state"] == "active":
+            for other in await self.daemon.db(self.store.live_campaigns):   # every campaign of that account
+                if other["state"] == "active" and self._account(other["site"]) == account:
                     await self.daemon.db(self._stop, other, reason)
             return False
         return True
+
+    def _account(self, site: str) -> str | None:
+        """The BSG account a site's messages go through: its own (api_key), else the main one (None)."""
+        config = self.daemon.config.sites.get(site)
+        return site if config is not None and config.api_key is not None else None
 
     def _stop(self, c: dict, reason: str) -> None:
         with self.store.transaction():

@@ -9,11 +9,13 @@ in Herald's shape (`from`, `text`) carries the sender's own id: `sms:push:ID`, a
 namespace of its own, so it never collides with a BSG id.
 
 The poll's cursor (the newest time seen) is stored with the events it journals, in one
-transaction; a restart goes on from there.
+transaction; a restart goes on from there. Each BSG account is polled — the main one and
+every site with its own `api_key` — with a cursor of its own; a site's SMS are its events.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from datetime import datetime, timedelta, timezone
@@ -100,45 +102,81 @@ def parse_push(payload: Any, daemon) -> list[Event]:
     return events
 
 
+def accounts(daemon) -> list[str | None]:
+    """The BSG accounts: None for the main one (bsg.api_key), then each site that has its
+    own (sites.X.api_key, docs/multisite.md)."""
+    return [None, *(sid for sid, site in daemon.config.sites.items() if site.api_key is not None)]
+
+
+def account_client(daemon, site: str | None):
+    """The client of an account (None: the main one) on the endpoint in use, or None."""
+    dispatcher = daemon.dispatcher
+    if dispatcher is None or dispatcher.client is None:
+        return None
+    if site is None:
+        return dispatcher.client
+    router = dispatcher.router
+    return dispatcher.client_for(router.pick() or router.endpoints[0], site)
+
+
+def _account_site(daemon, account: str | None) -> str:
+    """The site an account's incoming SMS belong to: its own, or for the main account the
+    first site without a key of its own."""
+    if account is not None:
+        return account
+    sites = daemon.config.sites
+    return next((sid for sid, site in sites.items() if site.api_key is None), next(iter(sites)))
+
+
 async def poll_incoming(daemon, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    """Poll BSG for incoming SMS every `subscriptions.poll_incoming` (re-read after a reload)."""
+    """Poll BSG for incoming SMS every `subscriptions.poll_incoming` (re-read after a
+    reload), once per account (the main one and each site's own), each with its cursor."""
     task_status.started()
-    quiet_until = 0.0
+    quiet_until: dict[str | None, float] = {}
     while True:
         interval = daemon.config.subscriptions.poll_incoming
         # the first poll waits an interval too: startup belongs to the messages waiting to go
         await trio.sleep(interval if interval is not None else 60.0)
-        client = daemon.dispatcher.client if daemon.dispatcher is not None else None
-        if interval is None or client is None or trio.current_time() < quiet_until:
+        if interval is None:
             continue
-        try:
-            count = await poll_once(daemon, client)
-            if count:
-                log.info("incoming SMS: %d new", count)
-        except BsgError as exc:
-            if exc.code == TWO_WAY_OFF:
-                log.warning("incoming SMS: 2-way is not active on this BSG account (%s); asking again in an hour "
-                            "(set subscriptions.poll_incoming: off to stop asking)", exc.description)
-                quiet_until = trio.current_time() + 3600
-            else:
-                log.info("incoming SMS not read: %s", exc)
+        for account in accounts(daemon):
+            client = account_client(daemon, account)
+            if client is None or trio.current_time() < quiet_until.get(account, 0.0):
+                continue
+            name = f"site {account}'s BSG account" if account else "the BSG account"
+            try:
+                count = await poll_once(daemon, client, account)
+                if count:
+                    log.info("incoming SMS (%s): %d new", name, count)
+            except BsgError as exc:
+                if exc.code == TWO_WAY_OFF:
+                    log.warning("incoming SMS: 2-way is not active on %s (%s); asking again in an hour "
+                                "(set subscriptions.poll_incoming: off to stop asking)", name, exc.description)
+                    quiet_until[account] = trio.current_time() + 3600
+                else:
+                    log.info("incoming SMS not read (%s): %s", name, exc)
 
 
-async def poll_once(daemon, client) -> int:
-    """One poll: journal what is new; the number of new events."""
+async def poll_once(daemon, client, account: str | None = None) -> int:
+    """One poll of one account (None: the main one): journal what is new; the number of
+    new events. Each account has its own cursor."""
     now = daemon.clock.now().astimezone(timezone.utc)
-    stored = await daemon.db(daemon.store.get_cursor, *CURSOR)
+    cursor_key = CURSOR if account is None else (CURSOR[0], f"{CURSOR[1]}:{account}")
+    stored = await daemon.db(daemon.store.get_cursor, *cursor_key)
     since = datetime.fromisoformat(stored) if stored else now - FIRST_LOOK_BACK
     items = await client.incoming((since - OVERLAP).strftime(BSG_TIME),
                                   (now + timedelta(minutes=1)).strftime(BSG_TIME))
-    site = next(iter(daemon.config.sites))
+    site = _account_site(daemon, account)
     events = []
     for item in items:
         try:
-            events.append(sms_event(item, site, now))
+            event = sms_event(item, site, now)
+            if account is not None:      # another account: BSG's ids are its own namespace
+                event = dataclasses.replace(event, id=f"sms:{account}:{event.id.removeprefix('sms:')}")
+            events.append(event)
         except EventError as exc:
             log.warning("incoming SMS %s skipped: %s", item.get("id"), exc)
     newest = max([since, *(e.time for e in events)])
-    cursor = (*CURSOR, newest.isoformat())
+    cursor = (*cursor_key, newest.isoformat())
     accepted = await daemon.accept(events, "bsg-incoming", cursor)
     return sum(1 for _, new in accepted if new)

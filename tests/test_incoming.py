@@ -98,3 +98,49 @@ async def test_bad_pushes_say_where(tmp_path, monkeypatch):
                 r = await client.post("/sms/incoming", json=body)
                 assert r.status_code == 400 and r.json()["pointer"] == pointer, (body, r.text)
             assert journal(daemon, "sms.received") == []
+
+
+S2 = """  s2:
+    name: Восток
+    timezone: Asia/Vladivostok
+    channel: sms
+    admin_email: admin@vl.example
+    api_key: key_vl
+"""
+
+
+async def test_each_bsg_account_is_polled_and_its_balance_stops_only_its_campaigns(tmp_path, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    from engine.fakebsg import FakeBSG
+    from tests.audience_helpers import project
+    from tests.test_multisite import bsg_accounts
+
+    monkeypatch.chdir(tmp_path)
+    main, vl = FakeBSG(api_keys={"test_key"}, delivery_delay=0), FakeBSG(api_keys={"key_vl"}, delivery_delay=0)
+    async with bsg_accounts(test_key=main, key_vl=vl) as url:
+        config = project(tmp_path, url, site=S2, subscriptions="  lists: [news]\n  poll_incoming: 1s\n")
+        async with running(config) as (daemon, client):
+            vl.inject_incoming("79001234567", "СТОП")
+            main.inject_incoming("79007654321", "hello")
+            await wait_for(lambda: sms_to(vl, "79001234567"), what="the STOP confirmation through s2's account")
+            received = {e["sms"]["from"]: e for e in journal(daemon, "sms.received")}
+            assert set(received) == {"+79001234567", "+79007654321"}
+            sites = dict(daemon.store._conn.execute("SELECT json_extract(data, '$.sms.from'), site FROM events "
+                                                    "WHERE type = 'sms.received'").fetchall())
+            assert sites == {"+79001234567": "s2", "+79007654321": "s1"}
+
+            vl.set_balance(0)                       # s2's account is empty; the main one is not
+            end = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+            made = {}
+            for site in ("s1", "s2"):
+                r = await client.post("/campaigns", json={"phones": ["+79101112233", "+79101112234"], "text": "Sale",
+                                                          "channel": "sms", "site": site, "end": end,
+                                                          "window": "00:00-24:00", "rate": "1/s"})
+                assert r.status_code == 201, r.text
+                made[site] = r.json()["id"]
+            await wait_for(lambda: daemon.store.campaign(made["s2"])["state"] == "stopped", what="s2's stop")
+            assert "site s2's BSG account: 0" in daemon.store.campaign(made["s2"])["reason"]
+            await wait_for(lambda: len([m for m in main.messages() if m["body"] == "Sale"]) == 2,
+                           what="s1's campaign through the main account")
+            assert daemon.store.campaign(made["s1"])["state"] in ("active", "completed")
