@@ -205,6 +205,7 @@ def create_app(daemon) -> Starlette:
         counts, final = await daemon.db(daemon.dispatcher.apply_receipts, bodies, endpoint)
         if final:
             daemon.events_wake.set()
+        daemon.dispatch_wake.set()          # a report may have queued an omni's SMS leg
         return JSONResponse(counts)
 
     async def bitrix24_hook(request: Request):
