@@ -380,6 +380,14 @@ class Dispatcher:
     def _expire(self, rows: Sequence[OutboxRow]) -> None:
         with self.store.transaction():
             for row in rows:
+                message = self.store.message_row(row.id) or {}
+                if message.get("kind") == "campaign":
+                    # a campaign message carries the campaign's end as its deadline: the
+                    # same recall the campaign's feeder makes, and no event per message
+                    reason = "campaign ended"
+                    self.store.update_message(row.id, state="expired", reason=reason)
+                    self._log(row.id, "expire", "expired", None, row, reason)
+                    continue
                 reason = "stale: not handed to BSG before its `stale after` ran out"
                 self.store.update_message(row.id, state="expired", reason=reason)
                 self._log(row.id, "expire", "expired", None, row, reason)
