@@ -769,3 +769,37 @@ async def test_a_server_that_stops_answering_is_down_after_silence_too(tmp_path,
             assert down["data"]["connector"]["error"].startswith("no answer from the database for")
             assert not daemon.connectors["shop"].alive
         nursery.cancel_scope.cancel()
+
+
+async def test_herald_restarted_during_an_outage_neither_repeats_down_nor_forgets_up(sqlite_url, tmp_path, monkeypatch):
+    """docs/connectors/sql.md: a reported outage survives a restart (the `_down` cursor):
+    the second daemon does not journal connector.down again, and journals connector.up
+    when the database is back."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(SqlConnector, "BACKOFF_MIN", 0.05)
+    monkeypatch.setattr(SqlConnector, "BACKOFF_MAX", 0.2)
+    engine = sa.create_engine(sqlite_url)
+    metadata = sa.MetaData()
+    table = orders_table(metadata)
+    metadata.create_all(engine)
+    monkeypatch.setenv("SHOP_DB_URL", sqlite_url)
+    db_file = Path(sqlite_url.removeprefix("sqlite:///"))
+    async with fake_bsg() as (fake, bsg_url):
+        config = write_project(tmp_path, SEND_CREATED, port=free_port(), bsg_url=bsg_url,
+                               extra=connector_block(extra="silence: 0.4\n"))
+        async with herald(config) as (daemon, client):
+            await until(lambda: daemon.connectors["shop"].alive)
+            db_file.rename(db_file.with_suffix(".away"))
+            await until(lambda: _types(daemon, "connector.down"))
+        async with herald(config) as (daemon, client):        # restarted, the database still away
+            await until(lambda: not daemon.connectors["shop"].alive)
+            await trio.sleep(1.0)                                # over `silence` twice
+            assert len(await _types(daemon, "connector.down")) == 1
+            db_file.with_suffix(".away").rename(db_file)
+            insert(engine, table, {"id": 1, "phone": phone(1)})
+            await until(lambda: _types(daemon, "connector.up"))
+            await until(lambda: len(fake.messages()) == 1)
+            (up,) = await _types(daemon, "connector.up")
+            (down,) = await _types(daemon, "connector.down")
+            assert up["data"]["connector"]["status"] == "up" and down["data"]["connector"]["status"] == "down"
+    engine.dispose()
