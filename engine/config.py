@@ -220,6 +220,8 @@ class Bitrix24Config:
 
     application_token: Secret          # the token Bitrix24 gave the webhook; posts must carry it
     site: str | None = None            # the site its events belong to (None: the default site)
+    rest_url: Secret | None = None     # an incoming webhook URL (…/rest/USER/TOKEN/): task events get
+                                       # their title and people from Bitrix24's REST API (None: ids only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -784,7 +786,7 @@ class _Reader:
     HTTP_KEYS = ("listen", "tokens", "max_body")
     SMTP_KEYS = ("host", "port", "from", "username", "password", "starttls")
     DIRECTORY_KEYS = ("file", "bitrix", "ttl", "groups")
-    BITRIX24_KEYS = ("application_token", "site")
+    BITRIX24_KEYS = ("application_token", "site", "rest_url")
     SUBSCRIPTIONS_KEYS = ("lists", "countries", "per_ip", "per_phone", "code_attempts", "code_lifetime",
                           "code_length", "poll_incoming")
 
@@ -1152,7 +1154,25 @@ class _Reader:
         if site is not None and sites and site not in sites:
             self.error(f'bitrix24.site: unknown site "{site}"', s.loc,
                        did_you_mean(site, tuple(sites)) or "configured sites: " + ", ".join(sites))
-        return Bitrix24Config(application_token=token, site=site) if token is not None else None
+        rest_url = self.bitrix24_rest_url(self.child(node, "rest_url"))
+        return (Bitrix24Config(application_token=token, site=site, rest_url=rest_url)
+                if token is not None else None)
+
+    def bitrix24_rest_url(self, v: _Val | None) -> Secret | None:
+        """`rest_url: !env B24_REST_URL` — an incoming webhook's URL, which holds its token:
+        the error never shows the value."""
+        from urllib.parse import urlsplit
+        url = self.secret(v)
+        if url is None:
+            return None
+        parts = urlsplit(url.reveal().strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            self.error("bitrix24.rest_url: expected the URL of a Bitrix24 incoming webhook", v.loc,
+                       "like https://portal.bitrix24.ru/rest/1/abc123/ (Developer resources → Other → "
+                       "Inbound webhook, with the task and user scopes)", secret=True)
+            return None
+        text = url.reveal().strip()
+        return Secret(text if text.endswith("/") else text + "/")
 
     def subscriptions(self, node: _Val | None, sites: Mapping[str, Site]) -> SubscriptionsConfig:
         """`subscriptions: {lists: [news], countries: [7], per_ip: 5/h, ...}` (docs/subscriptions.md)."""

@@ -484,6 +484,11 @@ def _secrets_of(config: Config) -> list[str]:
         keys.append(config.smtp.password)
     if config.directory is not None:
         keys.append(config.directory.bitrix)
+    if config.bitrix24 is not None:
+        from engine.bitrix24 import rest_token
+        keys += [config.bitrix24.application_token, config.bitrix24.rest_url]
+        if config.bitrix24.rest_url is not None:
+            keys.append(rest_token(config.bitrix24.rest_url.reveal()))   # the token alone, too
     for entry in config.connectors:
         keys += [v for v in entry.options.values() if isinstance(v, Secret)]
     values = []

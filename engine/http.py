@@ -230,10 +230,26 @@ def create_app(daemon) -> Starlette:
         except bitrix24.HookError as exc:
             log.warning("POST /hooks/bitrix24 from %s refused (%d): %s", client, exc.status, exc.message)
             return JSONResponse(exc.as_json(), status_code=exc.status)
+        code = event["data"]["bitrix24"]["event"]
+        report: dict = {}
+        if code in bitrix24.FETCHED and settings.rest_url is not None:
+            # The post holds ids only; the REST API says the rest. A failure still journals
+            # the id-only event (nothing is lost) and the answer says why.
+            report = await bitrix24.enrich(event, settings.rest_url.reveal())
+        elif code == "ONTASKDELETE":
+            site = event.get("site") or next(iter(daemon.config.sites))
+            last = await daemon.db(daemon.store.get_state, f"task:{event['data']['task']['id']}@{site}")
+            report = bitrix24.from_last_state(event, last)
+            if settings.rest_url is None:
+                report = {}
+        if report.get("enriched") is False:
+            log.warning("bitrix24 %s task %s: journaled with the id only: %s", code,
+                        event["data"]["task"]["id"], report["why"])
         [(event_id, new)] = await daemon.accept(daemon.parse_events(event), "bitrix24")
-        log.info("bitrix24 %s from %s: %s %s", event["data"]["bitrix24"]["event"], client, event["type"],
+        log.info("bitrix24 %s from %s: %s %s", code, client, event["type"],
                  event_id if new else f"{event_id} (duplicate)")
-        return JSONResponse({"accepted": [event_id], "duplicates": [] if new else [event_id]}, status_code=202)
+        return JSONResponse({"accepted": [event_id], "duplicates": [] if new else [event_id], **report},
+                            status_code=202)
 
     async def reload(request: Request):
         ok, errors = await daemon.reload()

@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import sqlite3
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 import trio
 
-from engine.bitrix24 import HookError, check_token, decode, parse_form, to_event
+from engine.bitrix24 import HookError, build_task, check_token, decode, parse_form, to_event
 from engine.config import load_config
 from engine.errors import ConfigError
-from tests.daemon_helpers import fake_bsg, free_port, herald, write_project
+from tests.daemon_helpers import ROOT, fake_bsg, free_port, herald, write_project
+from tests.fakebitrix24 import FakePortal, fake_bitrix24
 
 TOKEN = "b24-app-token-3f9c1a"
 FORM = "application/x-www-form-urlencoded"
@@ -231,3 +235,182 @@ async def test_without_a_bitrix24_section_the_hook_is_404_saying_how_to_enable_i
             assert response.status_code == 404
             assert "bitrix24:" in response.json()["error"] and "application_token" in response.json()["error"]
             assert events_journaled(tmp_path) == 0
+
+
+# ---- REST enrichment (bitrix24.rest_url) -------------------------------------------------
+
+REST_TOKEN = "rest-tok-9d2e7f41c0"
+TASK_NEW = "Новая задача №42: «Подготовить отчёт». Ответственный: Анна Петрова. Постановщик: Иван Сидоров"
+
+
+def portal(**options) -> FakePortal:
+    """Task 42: responsible Anna (7), creator Ivan (1), accomplice Oleg (8), auditors
+    Maria (9) and Anna again — so Anna must get one message, not two."""
+    return FakePortal(
+        token=REST_TOKEN,
+        tasks={42: {"id": "42", "title": "Подготовить отчёт", "status": "2", "priority": "1", "deadline": None,
+                    "responsibleId": "7", "createdBy": "1", "accomplices": ["8"], "auditors": ["9", "7"]}},
+        users={
+            7: {"ID": "7", "NAME": "Анна", "LAST_NAME": "Петрова", "PERSONAL_PHONE": "+7 495 000-00-00",
+                "PERSONAL_MOBILE": "8 (900) 111-22-33", "WORK_PHONE": "+7 495 123-45-67"},
+            1: {"ID": "1", "NAME": "Иван", "LAST_NAME": "Сидоров", "PERSONAL_MOBILE": "+79005556677"},
+            8: {"ID": "8", "NAME": "Олег", "LAST_NAME": "", "PERSONAL_MOBILE": "нет", "WORK_PHONE": "+7 900 222-33-44"},
+            9: {"ID": "9", "NAME": "Мария", "LAST_NAME": "Ким", "PERSONAL_PHONE": "89003334455"},
+        }, **options)
+
+
+def test_the_task_is_built_from_tasks_task_get_and_user_get():
+    fake = portal()
+    task = build_task(42, fake.tasks[42], {int(u["ID"]): u for u in fake.users.values()})
+    assert task == {
+        "id": 42, "title": "Подготовить отчёт", "status": 2, "priority": 1, "deadline": None,
+        "responsible": {"id": 7, "name": "Анна Петрова", "phone": "+79001112233"},     # mobile before work phone
+        "creator": {"id": 1, "name": "Иван Сидоров", "phone": "+79005556677"},
+        "members": [{"id": 7, "name": "Анна Петрова", "phone": "+79001112233"},
+                    {"id": 8, "name": "Олег", "phone": "+79002223344"},              # "нет" is no number
+                    {"id": 9, "name": "Мария Ким", "phone": "+79003334455"}],
+    }
+    later = build_task(42, {**fake.tasks[42], "deadline": "2026-01-10T18:00:00+03:00", "accomplices": []}, {})
+    assert later["deadline"] == "2026-01-10T18:00:00+03:00"
+    assert later["responsible"] == {"id": 7} and [m["id"] for m in later["members"]] == [7, 9]
+
+
+def shipped_project(root: Path, bsg_url: str, rest_url: str | None) -> Path:
+    """The shipped rules and templates (rules/portal.rules), sends at any hour, and the hook."""
+    shutil.copytree(ROOT / "rules", root / "rules", ignore=shutil.ignore_patterns("tests"))
+    rest = "  rest_url: !env B24_REST_URL\n" if rest_url else ""
+    path = root / "herald.yaml"
+    path.write_text(f"""\
+store: var/herald.db
+rules: rules/
+templates: rules/templates/
+bsg: {{url: "{bsg_url}", api_key: test_key, rate: 1000}}
+sites:
+  s1:
+    name: Shop
+    timezone: Europe/Moscow
+    channel: sms
+    send_window: "00:00-24:00"
+    admins: ["+79001234567"]
+http: {{listen: "127.0.0.1:{free_port()}"}}
+bitrix24:
+  application_token: !env B24_TOKEN
+{rest}""", encoding="utf-8")
+    return path
+
+
+def journaled_task(root, event_type: str = "task.created") -> dict:
+    with sqlite3.connect(root / "var" / "herald.db") as db:
+        [(data,)] = db.execute("SELECT data FROM events WHERE type = ?", (event_type,)).fetchall()
+    return json.loads(data)["task"]
+
+
+def by_number(fake) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for m in fake.messages():
+        out.setdefault(m["msisdn"], []).append(m["body"])
+    return out
+
+
+async def test_a_task_post_with_rest_reaches_the_responsible_and_the_members_once_each(tmp_path, monkeypatch,
+                                                                                       caplog):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("B24_TOKEN", TOKEN)
+    caplog.set_level(logging.DEBUG)
+    b24 = portal()
+    async with fake_bsg() as (fake, url), fake_bitrix24(b24) as rest_url:
+        monkeypatch.setenv("B24_REST_URL", rest_url)
+        async with herald(shipped_project(tmp_path, url, rest_url)) as (daemon, client):
+            answer = await client.post("/hooks/bitrix24", content=post(), headers={"Content-Type": FORM})
+            assert answer.status_code == 202 and answer.json()["enriched"] is True
+            await wait_for(lambda: len(fake.messages()) >= 3)
+            await trio.sleep(0.5)                      # nothing more comes
+            health = (await client.get("/health")).text
+    assert by_number(fake) == {"79001112233": [TASK_NEW], "79002223344": [TASK_NEW], "79003334455": [TASK_NEW]}
+    assert b24.methods() == ["tasks.task.get", "user.get"]
+    assert b24.calls[0][1] == {"taskId": 42, "select": ["ID", "TITLE", "STATUS", "PRIORITY", "DEADLINE",
+                                                        "RESPONSIBLE_ID", "CREATED_BY", "ACCOMPLICES", "AUDITORS"]}
+    assert sorted(b24.calls[1][1]["FILTER"]["ID"]) == [1, 7, 8, 9]
+    assert journaled_task(tmp_path)["title"] == "Подготовить отчёт"
+    assert REST_TOKEN not in caplog.text and REST_TOKEN not in health and TOKEN not in caplog.text
+    assert "tasks.task.get" in caplog.text          # httpx's request line is there, with the token hidden
+
+
+async def test_a_deleted_task_reaches_the_same_people_from_the_last_known_state(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("B24_TOKEN", TOKEN)
+    b24 = portal()
+    async with fake_bsg() as (fake, url), fake_bitrix24(b24) as rest_url:
+        monkeypatch.setenv("B24_REST_URL", rest_url)
+        async with herald(shipped_project(tmp_path, url, rest_url)) as (daemon, client):
+            await client.post("/hooks/bitrix24", content=post(), headers={"Content-Type": FORM})
+            await wait_for(lambda: len(fake.messages()) >= 3)
+            gone = await client.post("/hooks/bitrix24", headers={"Content-Type": FORM},
+                                     content=post("ONTASKDELETE", id_field="FIELDS_BEFORE", ts="1767603900"))
+            assert gone.json() == {"accepted": ["bitrix24:shop.bitrix24.ru:ONTASKDELETE:42:1767603900"],
+                                   "duplicates": [], "enriched": True, "from": "last known state"}
+            await wait_for(lambda: len(fake.messages()) >= 6)
+    deleted = "Задача №42 «Подготовить отчёт» удалена. Shop"
+    assert {n: bodies[1:] for n, bodies in by_number(fake).items()} == {
+        "79001112233": [deleted], "79002223344": [deleted], "79003334455": [deleted]}
+    assert b24.methods() == ["tasks.task.get", "user.get"]     # nothing asked about the deleted task
+
+
+@pytest.mark.parametrize("trouble, why", [
+    ("down", "tasks.task.get: HTTP 503 INTERNAL_SERVER_ERROR"),
+    ("wrong token", "tasks.task.get: HTTP 401 invalid_token"),
+    ("no task", "tasks.task.get: HTTP 400 ERROR_CORE"),
+    ("unreachable", "tasks.task.get: ConnectError"),
+])
+async def test_when_rest_fails_the_id_only_event_is_still_journaled(tmp_path, monkeypatch, caplog, trouble, why):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("B24_TOKEN", TOKEN)
+    caplog.set_level(logging.DEBUG)
+    b24 = portal(down=trouble == "down")
+    async with fake_bsg() as (fake, url), fake_bitrix24(b24) as rest_url:
+        if trouble == "wrong token":
+            b24.token = "another-token-123"
+        elif trouble == "unreachable":
+            rest_url = f"http://127.0.0.1:{free_port()}/rest/1/{REST_TOKEN}/"
+        monkeypatch.setenv("B24_REST_URL", rest_url)
+        async with herald(shipped_project(tmp_path, url, rest_url)) as (daemon, client):
+            body = post(task_id="41" if trouble == "no task" else "42")
+            answer = await client.post("/hooks/bitrix24", content=body, headers={"Content-Type": FORM})
+            assert answer.status_code == 202 and answer.json()["accepted"]
+            assert answer.json()["enriched"] is False and answer.json()["why"].startswith(why)
+            await trio.sleep(0.5)
+            assert (await client.get("/health")).status_code == 200
+            health = (await client.get("/health")).text
+    assert journaled_task(tmp_path) == {"id": 41 if trouble == "no task" else 42}
+    assert fake.messages() == []                        # the shipped rules stay silent, nothing fails
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "id only" in r.getMessage()]
+    assert len(warned) == 1 and why in warned[0]
+    assert REST_TOKEN not in caplog.text and REST_TOKEN not in health and REST_TOKEN not in answer.text
+
+
+def test_config_reads_the_rest_url_as_a_secret(tmp_path, monkeypatch):
+    monkeypatch.setenv("B24_TOKEN", TOKEN)
+    monkeypatch.setenv("B24_REST_URL", f"https://shop.bitrix24.ru/rest/1/{REST_TOKEN}")
+    path = tmp_path / "herald.yaml"
+    path.write_text(CONFIG + "bitrix24:\n  application_token: !env B24_TOKEN\n  rest_url: !env B24_REST_URL\n",
+                    encoding="utf-8")
+    config = load_config(path)
+    assert config.bitrix24.rest_url.reveal() == f"https://shop.bitrix24.ru/rest/1/{REST_TOKEN}/"
+    assert REST_TOKEN not in repr(config.bitrix24)
+    from engine.daemon import _secrets_of
+    assert REST_TOKEN in _secrets_of(config) and TOKEN in _secrets_of(config)
+
+
+@pytest.mark.parametrize("value", [f"shop.bitrix24.ru/rest/1/{REST_TOKEN}/", f"ftp://shop/rest/1/{REST_TOKEN}/",
+                                   f"https://shop.bitrix24.ru/rest/1/{REST_TOKEN}/?x=1"])
+def test_config_a_rest_url_that_is_not_a_url_is_located_without_showing_it(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("B24_TOKEN", TOKEN)
+    monkeypatch.setenv("B24_REST_URL", value)
+    path = tmp_path / "herald.yaml"
+    path.write_text(CONFIG + "bitrix24:\n  application_token: !env B24_TOKEN\n  rest_url: !env B24_REST_URL\n",
+                    encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = err.value.format()
+    assert "bitrix24.rest_url: expected the URL of a Bitrix24 incoming webhook" in text
+    assert "herald.yaml:7:13" in text and REST_TOKEN not in text
