@@ -373,6 +373,10 @@ async def enrich(event: dict[str, Any], rest_url: str, *, timeout: float = REST_
         return {"enriched": False, "why": str(exc)}
     except trio.TooSlowError:
         return {"enriched": False, "why": f"Bitrix24's REST API took over {budget:g} s"}
+    except (ValueError, TypeError, AttributeError, httpx.InvalidURL) as exc:
+        # An answer of a shape nobody documented: the event must still be journaled.
+        # Only the error's type is said: its text might quote the URL.
+        return {"enriched": False, "why": f"an unexpected REST answer ({type(exc).__name__})"}
     event["data"]["task"] = task
     return {"enriched": True}
 
