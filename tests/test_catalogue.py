@@ -503,6 +503,7 @@ def enabled_project(tmp_path_factory):
     root = tmp_path_factory.mktemp("catalogue")
     shutil.copy(ROOT / "herald.yaml", root / "herald.yaml")
     shutil.copytree(ROOT / "rules", root / "rules")
+    shutil.copytree(ROOT / "examples", root / "examples")      # herald.yaml's directory file
     path = root / "rules" / "catalogue.rules"
     text = path.read_text(encoding="utf-8")
     path.write_text("\n".join(COMMENTED.sub(r"\1", line) for line in text.splitlines()) + "\n", encoding="utf-8")

@@ -26,6 +26,7 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 10.0) -> t
 def test_make_run_config_starts_in_sandbox_and_stops_on_sigterm(tmp_path):
     port = free_port()
     shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")   # herald.yaml's directory file
     text = (ROOT / "herald.yaml").read_text().replace("127.0.0.1:8780", f"127.0.0.1:{port}")
     (tmp_path / "herald.yaml").write_text(text)
     proc = start_daemon(tmp_path / "herald.yaml")
