@@ -106,7 +106,7 @@ class _Options:
         self.fallback: Location | None = settings.get("location") or config.location
         self.problems: list[Diagnostic] = []
         try:                                  # line:col of nested keys, when connectors.sql offers it
-            from connectors.sql import Locator
+            from connectors.options import Locator
             self._locator = Locator(config)
         except Exception:                     # noqa: BLE001 — only the precision of a location is lost
             self._locator = None

@@ -64,9 +64,8 @@ from imapclient.exceptions import IMAPClientError
 
 from connectors.base import ConnectorContext
 from connectors.mail import MailMapping, OptionError, Rejected, mapping_from_options, rejected_event
-from connectors.options import number as _number, what as _what
+from connectors.options import OptionChecker, number as _number, what as _what
 from connectors.outage import Outage
-from connectors.sql import Locator
 from engine.config import ConnectorConfig, reveal
 from engine.errors import ConfigError, Diagnostic, EventError, did_you_mean
 
@@ -119,18 +118,10 @@ class _Fetched:
     date: int | None = None         # INTERNALDATE, Unix seconds
 
 
-class _Checker:
+class _Checker(OptionChecker):
     """Located diagnostics for one `type: imap` entry."""
 
-    def __init__(self, config: ConnectorConfig):
-        self.config = config
-        self.where = Locator(config)
-        self.problems: list[Diagnostic] = []
-
-    def error(self, message: str, *path: Any, key: bool = False, hint: str | None = None) -> None:
-        loc = self.where.at(*path, key=key) if path else self.config.location
-        self.problems.append(Diagnostic(f"imap connector: {message}", loc, hint=hint,
-                                        source_line=self.where.source_line(loc) if path else None))
+    kind = "imap"
 
     def option(self, problem: OptionError) -> None:
         self.error(problem.message, *problem.path, key=problem.key, hint=problem.hint)
