@@ -46,7 +46,6 @@ User documentation: docs/connectors/imap.md.
 from __future__ import annotations
 
 import imaplib
-import ipaddress
 import json
 import logging
 import random
@@ -66,7 +65,7 @@ from connectors.base import ConnectorContext
 from connectors.mail import MailMapping, OptionError, Rejected, mapping_from_options, rejected_event
 from connectors.options import OptionChecker, number as _number, what as _what
 from connectors.outage import Outage
-from engine.config import ConnectorConfig, reveal
+from engine.config import ConnectorConfig, is_loopback, reveal
 from engine.errors import ConfigError, Diagnostic, EventError, did_you_mean
 
 log = logging.getLogger("herald.connectors.imap")
@@ -168,15 +167,6 @@ def _size(raw: Any) -> int | None:
     return int(n) if n >= 1 else None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class ImapConnector:
     """`type: imap` — see the module docstring and docs/connectors/imap.md."""
 
@@ -199,7 +189,7 @@ class ImapConnector:
             check.error(f'security: expected tls, starttls or none, got "{self.security}"', "security",
                         hint=did_you_mean(self.security, SECURITY) or "tls: port 993; starttls: port 143")
             self.security = "tls"
-        if self.security == "none" and self.host and not _is_loopback(self.host):
+        if self.security == "none" and self.host and not is_loopback(self.host):
             check.error("security: none would send the password in clear text; it is allowed only for a "
                         "loopback host", "security", hint="use tls (port 993) or starttls (port 143)")
         self.port = int(check.number("port", SECURITY[self.security], integer=True, high=65535,

@@ -34,7 +34,7 @@ from engine.windows import WINDOW_FORMAT, SendWindow, parse_window
 __all__ = [
     "Secret", "reveal", "Config", "BsgConfig", "BackupEndpoint", "Failover", "Senders", "Site",
     "HttpConfig", "SmtpConfig", "ConnectorConfig", "DirectoryConfig", "load_config", "default_config",
-    "CONFIG_FILE", "SECRETS_FILE", "DEFAULT_TIMEZONE", "CHANNELS", "OMNI_MODES",
+    "CONFIG_FILE", "SECRETS_FILE", "DEFAULT_TIMEZONE", "CHANNELS", "OMNI_MODES", "is_loopback",
 ]
 
 CONFIG_FILE = "herald.yaml"
@@ -1070,7 +1070,7 @@ class _Reader:
         if mb is not None:
             max_body = self.size(mb)
         cfg = HttpConfig(host=host, port=port, tokens=tuple(tokens), max_body=max_body)
-        if not tokens and not _is_loopback(host) and not self.sink.has_errors:
+        if not tokens and not is_loopback(host) and not self.sink.has_errors:
             self.warning(f"http.tokens is empty, so the API on {cfg.listen} answers only "
                          "requests from this machine",
                          (t or lv or node).loc,
@@ -1327,7 +1327,8 @@ class _Reader:
         return value
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address (a host name is not looked up)."""
     if host == "localhost":
         return True
     try:
