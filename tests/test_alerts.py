@@ -194,7 +194,7 @@ async def test_an_incident_mails_its_site_admin_once(tmp_path, store, servers):
     assert mail["From"] == "herald@shop.example.com"
     assert mail["To"] == "admin@shop.example.com"
     assert mail["Date"].datetime.tzinfo is not None
-    assert re.fullmatch(r"<\S+@shop\.example\.com>", mail["Message-Id"])
+    assert re.fullmatch(r"<\S+@shop\.example\.com>", mail["Message-Id"].strip())   # a long id may be folded onto a new line
     assert mail.get_content_type() == "text/plain" and mail.get_content_charset() == "utf-8"
     body = mail.get_content()
     assert "недостаточно средств" in body                       # UTF-8 survives the trip
