@@ -787,8 +787,8 @@ class Dispatcher:
 
     def _emit_final(self, item: dict, state: str, bsg_status: str) -> None:
         message = self.store.message(item["id"])
-        cause = self.store.event(message["event"]) if message.get("event") else None
-        if cause is not None and cause.type.startswith("message."):
+        cause = self.store.event_type(message["event"]) if message.get("event") else None
+        if cause is not None and cause.startswith("message."):
             # a message sent because of a message.* event ends without one: a rule like
             # `on message.failed send to admins …` can never feed itself
             return

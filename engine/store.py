@@ -412,6 +412,12 @@ class Store:
             row = self._execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
         return self._event(row) if row else None
 
+    def event_type(self, event_id: str) -> str | None:
+        """Only the type of a journaled event (no JSON to decode: asked per final message)."""
+        with self._lock:
+            row = self._execute("SELECT type FROM events WHERE id = ?", (event_id,)).fetchone()
+        return row[0] if row else None
+
     @staticmethod
     def _event(row: sqlite3.Row) -> Event:
         previous = json.loads(row["previous"]) if row["previous"] else None
