@@ -78,6 +78,17 @@ class Endpoint:
         return [m["reference"] for m in self.fake.messages()]
 
 
+@asynccontextmanager
+async def bsg_endpoints(count: int = 1, *, delivery_delay: float = 0.1):
+    """`count` fake BSG endpoints (main, backup1 …), each up on its own port: yields them."""
+    async with trio.open_nursery() as nursery:
+        endpoints = [Endpoint(nursery, FakeBSG(delivery_delay=delivery_delay)) for _ in range(count)]
+        for endpoint in endpoints:
+            await endpoint.up()
+        yield tuple(endpoints)
+        nursery.cancel_scope.cancel()
+
+
 def project(tmp_path: Path, rules: str, main: str, *, backup: str | None = None, smtp: int | None = None,
             site: str = "", bsg: str = "") -> Path:
     (tmp_path / "rules").mkdir(exist_ok=True)
@@ -159,10 +170,7 @@ def journal(daemon, type_: str) -> list:
 
 async def test_main_down_traffic_goes_through_the_backup_one_alert_and_comes_back(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    async with smtp_server() as (inbox, smtp_port), trio.open_nursery() as nursery:
-        main, backup = Endpoint(nursery, FakeBSG(delivery_delay=0.1)), Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
-        await backup.up()
+    async with smtp_server() as (inbox, smtp_port), bsg_endpoints(2) as (main, backup):
         config = project(tmp_path, SMS_RULE, main.url, backup=backup.url, smtp=smtp_port)
         async with daemon_for(config) as (daemon, client):
             await client.post("/events", json=[order(1, "+79001110011")])
@@ -199,17 +207,13 @@ async def test_main_down_traffic_goes_through_the_backup_one_alert_and_comes_bac
             moved = (await client.get(f"/messages/{daemon.store.messages(phone='+79001110012')[0]['id']}")).json()
             assert moved["message"]["endpoint"] == "backup1"
             assert [a["what"] for a in moved["attempts"]][-2:] == ["send", "status"]
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_dropped_request_is_looked_up_at_main_before_it_may_go_anywhere_else(tmp_path, monkeypatch):
     """`down` at the fake reads the request and hangs up: BSG may have taken it. Such a
     message waits for main to answer a lookup; new traffic goes through the backup."""
     monkeypatch.chdir(tmp_path)
-    async with trio.open_nursery() as nursery:
-        main, backup = Endpoint(nursery, FakeBSG(delivery_delay=0.1)), Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
-        await backup.up()
+    async with bsg_endpoints(2) as (main, backup):
         config = project(tmp_path, SMS_RULE, main.url, backup=backup.url)
         async with daemon_for(config) as (daemon, client):
             main.fake.set_fault("down")
@@ -235,16 +239,12 @@ async def test_a_dropped_request_is_looked_up_at_main_before_it_may_go_anywhere_
             sends = [a for a in trace["attempts"] if a["what"] == "send"]
             assert sends[0]["outcome"] == "unknown" and sends[-1]["outcome"] == "ok"
             assert {a["endpoint"] for a in sends} == {"main"}        # never through the backup
-        nursery.cancel_scope.cancel()
 
 
 async def test_both_endpoints_down_for_a_virtual_hour_nothing_is_lost(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     clock = ManualClock(datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc))
-    async with trio.open_nursery() as nursery:
-        main, backup = Endpoint(nursery, FakeBSG(delivery_delay=0.1)), Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
-        await backup.up()
+    async with bsg_endpoints(2) as (main, backup):
         config = project(tmp_path, SMS_RULE, main.url, backup=backup.url)
         async with daemon_for(config, clock) as (daemon, client):
             await main.down()
@@ -268,16 +268,13 @@ async def test_both_endpoints_down_for_a_virtual_hour_nothing_is_lost(tmp_path, 
                     await trio.sleep(0.2)
             assert len(backup.references()) == 40
             assert main.references() == []
-        nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------------------- Herald's omni
 
 async def test_engine_omni_not_a_viber_user_gets_the_sms_variant(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    async with trio.open_nursery() as nursery:
-        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
+    async with bsg_endpoints(1) as (main,):
         config = project(tmp_path, OMNI_RULE, main.url, site="    omni: engine\n")
         async with daemon_for(config) as (daemon, client):
             await client.post("/events", json=[order(7, "+79004440001")])     # …01: not a Viber user
@@ -292,15 +289,12 @@ async def test_engine_omni_not_a_viber_user_gets_the_sms_variant(tmp_path, monke
             assert [a["what"] for a in trace["attempts"]] == ["send", "fallback", "send", "status"]
             (event,) = journal(daemon, "message.delivered")
             assert event["message"]["leg"] == "sms"
-        nursery.cancel_scope.cancel()
 
 
 async def test_engine_omni_deadline_then_a_late_viber_receipt_is_recorded_and_sends_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     clock = ManualClock(datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc))
-    async with trio.open_nursery() as nursery:
-        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
+    async with bsg_endpoints(1) as (main,):
         rule = 'on order.created send omni to customer.phone using "created" fallback after 2m\n'
         config = project(tmp_path, rule, main.url, site="    omni: engine\n",
                          bsg="  callback_secret: cbsecret\n")
@@ -328,15 +322,12 @@ async def test_engine_omni_deadline_then_a_late_viber_receipt_is_recorded_and_se
             assert journal(daemon, "message.delivered") == [] and journal(daemon, "message.failed") == []
             health = (await client.get("/health")).json()
             assert health["delivery"]["double_deliveries"] == 1
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_receipt_for_an_unknown_reference_is_logged_and_ignored(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO, logger="herald.dispatch")
-    async with trio.open_nursery() as nursery:
-        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
+    async with bsg_endpoints(1) as (main,):
         config = project(tmp_path, SMS_RULE, main.url, bsg="  callback_secret: cbsecret\n")
         async with daemon_for(config) as (daemon, client):
             response = await client.post("/bsg/callback/cbsecret",
@@ -344,16 +335,13 @@ async def test_a_receipt_for_an_unknown_reference_is_logged_and_ignored(tmp_path
             assert response.json() == {"applied": 0, "pending": 0, "unknown": 1}
             assert "hrnosuchreference" in caplog.text and "unknown message" in caplog.text
             assert daemon.store.messages() == [] and main.fake.messages() == []
-        nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------------------- alerts and dead letters
 
 async def test_operator_error_mails_once_and_failed_messages_can_be_replayed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    async with smtp_server() as (inbox, smtp_port), trio.open_nursery() as nursery:
-        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
+    async with smtp_server() as (inbox, smtp_port), bsg_endpoints(1) as (main,):
         config = project(tmp_path, SMS_RULE, main.url, smtp=smtp_port)
         async with daemon_for(config) as (daemon, client):
             main.fake.set_fault("error", code=8)                  # not enough funds, for every request
@@ -384,7 +372,6 @@ async def test_operator_error_mails_once_and_failed_messages_can_be_replayed(tmp
             assert daemon.store.message(new_id)["reference"] != dead[0]["reference"]
             await wait_for(lambda: states(daemon).get("delivered") == 6, what="the held ones delivered too")
             await wait_for(lambda: len(inbox.mails) == 2, what="the recovery mail")
-        nursery.cancel_scope.cancel()
 
 
 async def test_low_balance_mails_once_and_is_an_event_rules_can_use(tmp_path, monkeypatch):
@@ -418,9 +405,7 @@ async def test_low_balance_mails_once_and_is_an_event_rules_can_use(tmp_path, mo
 async def test_a_rule_on_message_failed_cannot_feed_itself(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rules = SMS_RULE + 'rule "tell" on message.failed send sms to "+79008880088" text "Не доставлено: #MESSAGE_TO#"\n'
-    async with trio.open_nursery() as nursery:
-        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
+    async with bsg_endpoints(1) as (main,):
         config = project(tmp_path, rules, main.url)
         async with daemon_for(config) as (daemon, client):
             main.fake.set_fault("error", code=21)              # every send fails, the admin's too
@@ -430,17 +415,13 @@ async def test_a_rule_on_message_failed_cannot_feed_itself(tmp_path, monkeypatch
             assert states(daemon) == {"failed": 2}
             (event,) = journal(daemon, "message.failed")
             assert event["message"]["to"] == "+79008880011"
-        nursery.cancel_scope.cancel()
 
 
 async def test_an_unknown_outcome_survives_a_refused_retry_and_waits_for_main(tmp_path, monkeypatch):
     """Main takes the message but answers too late (unknown), then refuses connections
     (certain — about the retry only). The message must wait for main, never go to the backup."""
     monkeypatch.chdir(tmp_path)
-    async with trio.open_nursery() as nursery:
-        main, backup = Endpoint(nursery, FakeBSG(delivery_delay=0.1)), Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
-        await backup.up()
+    async with bsg_endpoints(2) as (main, backup):
         config = project(tmp_path, SMS_RULE, main.url, backup=backup.url)
         async with daemon_for(config) as (daemon, client):
             main.fake.set_fault("slow", delay=3.0, count=1)      # main takes it after Herald gave up
@@ -464,15 +445,11 @@ async def test_an_unknown_outcome_survives_a_refused_retry_and_waits_for_main(tm
             await wait_for(lambda: daemon.store.messages(phone="+79002220011")[0]["state"] in ("sent", "delivered"),
                            what="found at main by its reference")
             assert main.references() == [first["reference"]]     # once, at main; never at the backup
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_duplicate_answer_then_a_failed_lookup_keeps_the_message_at_that_endpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    async with trio.open_nursery() as nursery:
-        main, backup = Endpoint(nursery, FakeBSG(delivery_delay=0.1)), Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
-        await backup.up()
+    async with bsg_endpoints(2) as (main, backup):
         config = project(tmp_path, SMS_RULE, main.url, backup=backup.url)
         async with daemon_for(config) as (daemon, client):
             main.fake.set_fault("slow", delay=3.0, count=1)
@@ -492,14 +469,11 @@ async def test_a_duplicate_answer_then_a_failed_lookup_keeps_the_message_at_that
             assert first["reference"] not in backup.references()
             trace = (await client.get(f"/messages/{first['id']}")).json()
             assert ("lookup", "no answer") in [(a["what"], a["outcome"]) for a in trace["attempts"]]
-        nursery.cancel_scope.cancel()
 
 
 async def test_engine_omni_viber_delivered_late_after_the_sms_failed_is_delivered(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    async with trio.open_nursery() as nursery:
-        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
+    async with bsg_endpoints(1) as (main,):
         config = project(tmp_path, OMNI_RULE, main.url, site="    omni: engine\n", bsg="  callback_secret: cbsecret\n")
         async with daemon_for(config) as (daemon, client):
             await client.post("/events", json=[order(9, "+79004440077")])
@@ -518,17 +492,13 @@ async def test_engine_omni_viber_delivered_late_after_the_sms_failed_is_delivere
             assert (message["state"], message["double_delivery"]) == ("delivered", False)
             assert "after the SMS fallback failed" in message["reason"]
             assert len(main.fake.messages()) == 2
-        nursery.cancel_scope.cancel()
 
 
 async def test_an_id_only_report_must_name_one_message(tmp_path, monkeypatch):
     """BSG ids are per endpoint: the same id at main and at the backup is ambiguous unless
     the report comes on the endpoint's own path."""
     monkeypatch.chdir(tmp_path)
-    async with trio.open_nursery() as nursery:
-        main, backup = Endpoint(nursery, FakeBSG(delivery_delay=30)), Endpoint(nursery, FakeBSG(delivery_delay=30))
-        await main.up()
-        await backup.up()
+    async with bsg_endpoints(2, delivery_delay=30) as (main, backup):
         config = project(tmp_path, SMS_RULE, main.url, backup=backup.url, bsg="  callback_secret: cbsecret\n")
         async with daemon_for(config) as (daemon, client):
             await client.post("/events", json=[order(1, "+79004440011")])
@@ -546,7 +516,6 @@ async def test_an_id_only_report_must_name_one_message(tmp_path, monkeypatch):
             assert daemon.store.messages(phone="+79004440011")[0]["state"] == "delivered"
             wrong = await client.post("/bsg/callback/cbsecret/nowhere", json={"id": shared, "status": "delivered"})
             assert wrong.status_code == 404 and "main" in wrong.json()["error"]
-        nursery.cancel_scope.cancel()
 
 
 async def test_recovery_after_a_crash_does_not_hold_up_the_api(tmp_path, monkeypatch):
@@ -554,9 +523,7 @@ async def test_recovery_after_a_crash_does_not_hold_up_the_api(tmp_path, monkeyp
     while the look-up is still out, and the message is then resolved (found: not resent)."""
     from engine.store import Store
     monkeypatch.chdir(tmp_path)
-    async with trio.open_nursery() as nursery:
-        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
+    async with bsg_endpoints(1) as (main,):
         config = project(tmp_path, SMS_RULE, main.url)
         store = Store(tmp_path / "var" / "herald.db")
         store.migrate()
@@ -578,7 +545,6 @@ async def test_recovery_after_a_crash_does_not_hold_up_the_api(tmp_path, monkeyp
             assert len(main.fake.messages()) == 1                               # found, not resent
             trace = (await client.get(f"/messages/{message_id}")).json()
             assert [(a["what"], a["outcome"]) for a in trace["attempts"]][0] == ("lookup", "found")
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_replay_keeps_to_the_window_and_skips_a_number_that_opted_out(tmp_path, monkeypatch):
@@ -586,9 +552,7 @@ async def test_a_replay_keeps_to_the_window_and_skips_a_number_that_opted_out(tm
     from zoneinfo import ZoneInfo
     now = datetime.now(ZoneInfo("Europe/Moscow"))
     window = f"{(now + timedelta(hours=2)).strftime('%H:00')}-{(now + timedelta(hours=3)).strftime('%H:00')}"
-    async with trio.open_nursery() as nursery:
-        main = Endpoint(nursery, FakeBSG(delivery_delay=0.1))
-        await main.up()
+    async with bsg_endpoints(1) as (main,):
         config = project(tmp_path, SMS_RULE, main.url)
         async with daemon_for(config) as (daemon, client):
             main.fake.set_fault("error", code=21)
@@ -610,4 +574,3 @@ async def test_a_replay_keeps_to_the_window_and_skips_a_number_that_opted_out(tm
             assert by_to[phones[2]]["replay"] is None and "opted out" in by_to[phones[2]]["state"]
             await wait_for(lambda: [m["msisdn"] for m in main.fake.messages()] == ["79004440022"],
                            what=lambda: main.fake.messages())
-        nursery.cancel_scope.cancel()
