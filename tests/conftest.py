@@ -62,3 +62,8 @@ class ProjectDir:
 def project_dir(tmp_path, monkeypatch) -> ProjectDir:
     monkeypatch.chdir(tmp_path)
     return ProjectDir(tmp_path)
+
+
+def pytest_report_header(config) -> str:
+    from tests.fuzz import EXAMPLES, SEED
+    return f"fuzz: HERALD_FUZZ_SEED={SEED} HERALD_FUZZ_EXAMPLES={EXAMPLES} (set both to replay a fuzz run)"
