@@ -67,3 +67,8 @@ def project_dir(tmp_path, monkeypatch) -> ProjectDir:
 def pytest_report_header(config) -> str:
     from tests.fuzz import EXAMPLES, SEED
     return f"fuzz: HERALD_FUZZ_SEED={SEED} HERALD_FUZZ_EXAMPLES={EXAMPLES} (set both to replay a fuzz run)"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    # -q hides the header, so the seed is repeated at the end where a failure is read.
+    terminalreporter.write_line(pytest_report_header(config))
