@@ -6,6 +6,11 @@ thousand. Incidents and the mails they queue live in the store (migration 0007_a
 `open()` and `resolve()` run in the database thread inside the caller's transaction,
 so an alert is recorded atomically with whatever caused it, and survives a restart.
 
+An incident still open at start is re-checked, not trusted (docs/alerts.md, "Across a
+restart"): `carry_over()` settles what the store can tell and hands the rest to its
+owner (the dispatcher re-probes a `provider.down` endpoint at once). And a stale one never
+swallows a new outage: `open(fresh=True)` closes it, with its mail, before opening anew.
+
 `run()` is the trio task that delivers queued mails over SMTP. A mail is marked sent
 right after the SMTP server accepted it; a crash between the two is the only way a
 mail goes twice (it then carries the same Message-Id, so mail clients can merge it).
