@@ -56,6 +56,7 @@ GIVE_UP_POLLING_VIBER = timedelta(hours=25)
 RECEIPT_FALLBACK_POLL = 600
 OPERATOR_ALERT_CODES = (1, 2, 6, 8, 9)               # the admin must act: one alert e-mail each
 LOOKUP_CONCURRENCY = 8
+BALANCE_RETRY = 5.0              # seconds: a balance read due while no endpoint is healthy waits this long
 
 
 def backoff(attempts: int, base: float = 5.0, cap: float = 600.0) -> float:
@@ -901,7 +902,7 @@ class Dispatcher:
                 # with no endpoint healthy (e.g. at start, while one carried over from the
                 # last run is re-probed) the read is tried again soon, not after balance_every:
                 # it is what re-checks a balance.low incident carried over a restart
-                next_read = self.ts() + (bsg.balance_every if endpoint is not None else 5.0)
+                next_read = self.ts() + (bsg.balance_every if endpoint is not None else BALANCE_RETRY)
                 if endpoint is not None:
                     try:
                         balance = await endpoint.client.balance()
