@@ -6,6 +6,11 @@ thousand. Incidents and the mails they queue live in the store (migration 0007_a
 `open()` and `resolve()` run in the database thread inside the caller's transaction,
 so an alert is recorded atomically with whatever caused it, and survives a restart.
 
+An incident still open at start is re-checked, not trusted (docs/alerts.md, "Across a
+restart"): `carry_over()` settles what the store can tell and hands the rest to its
+owner (the dispatcher re-probes a `provider.down` endpoint at once). And a stale one never
+swallows a new outage: `open(fresh=True)` closes it, with its mail, before opening anew.
+
 `run()` is the trio task that delivers queued mails over SMTP. A mail is marked sent
 right after the SMTP server accepted it; a crash between the two is the only way a
 mail goes twice (it then carries the same Message-Id, so mail clients can merge it).
@@ -42,6 +47,10 @@ _SERVER_ERRORS = (OSError, smtplib.SMTPConnectError, smtplib.SMTPServerDisconnec
 
 Db = Callable[..., Awaitable[Any]]
 
+STALE_BODY = ("Herald did not record when this ended (most likely it ended while Herald was stopped or "
+              "restarting), but Herald has seen it over since, so this incident is closed now.\n\n"
+              "It has just started again: the next mail is about that new incident.")
+
 
 class Alerter:
     """Admin alerts: one e-mail per incident, never one per message; incidents survive restarts.
@@ -63,11 +72,19 @@ class Alerter:
         self._wakeup = trio.Event()
 
     # ---- raising and resolving (database thread, inside the caller's transaction) ----
-    def open(self, key: str, subject: str, body: str, *, site: str | None = None) -> bool:
+    def open(self, key: str, subject: str, body: str, *, site: str | None = None, fresh: bool = False) -> bool:
         """Open incident `key`. Queues ONE e-mail when it was not already open (True);
-        an open incident raised again is only counted (False)."""
+        an open incident raised again is only counted (False).
+
+        `fresh=True` says the caller saw the condition begin just now, after seeing it
+        fine (an endpoint that took traffic trips): an incident of that key still open
+        in the store is then stale — its end was never recorded, e.g. across a crash —
+        so it is closed (with its own recovery mail) and the new one opens and mails.
+        A stale incident never swallows a new outage's mail."""
         when = self.now()
         with self.store.transaction():
+            if fresh:
+                self._close_stale(key, when)
             incident = self.store.open_incident(key, site, subject, when)
             if incident is None:
                 return False
@@ -90,6 +107,40 @@ class Alerter:
         log.info("incident %s resolved after %s: %s%s", key, _duration(when - incident["opened_at"]),
                  self._redact(subject), self._mail_note(queued, recipients, incident["site"]))
         return True
+
+    def _close_stale(self, key: str, when: datetime) -> None:
+        stale = self.store.resolve_incident(key, when)
+        if stale is None:
+            return
+        recipients = self.recipients(stale["site"])
+        text = self._redact(self._resolved_body(stale, STALE_BODY, when))
+        queued = self._queue(stale["id"], "resolved", recipients, f"Ended: {stale['subject']}", text, when)
+        log.warning("incident %s (open since %s) was still open although it had ended unseen: closed, and the "
+                    "new one opens%s", key, self._time(stale["opened_at"]),
+                    self._mail_note(queued, recipients, stale["site"]))
+
+    def carry_over(self) -> list[dict]:
+        """At start (database thread): the incidents a previous run left open. Those this
+        module can check against the store alone are settled now — `campaign.stopped:ID`
+        is resolved unless campaign ID is still stopped; the others are returned, for
+        their owners to re-check (the dispatcher: provider.down, bsg.error, balance.low)."""
+        left = []
+        for incident in self.store.open_incidents():
+            key = incident["key"]
+            kind, _, name = key.partition(":")
+            if kind == "campaign.stopped":
+                campaign = self.store.campaign(int(name)) if name.isdigit() else None
+                if campaign is None or campaign["state"] != "stopped":
+                    state = campaign["state"] if campaign else "gone"
+                    label = (campaign or {}).get("name") or f"#{name}"
+                    self.resolve(key, f"Campaign {label} is no longer stopped",
+                                 f"The campaign is {state} now (found when Herald started).")
+                    continue
+            left.append(incident)
+        if left:
+            log.info("%d incident(s) still open from before this start, re-checked now: %s", len(left),
+                     ", ".join(i["key"] for i in left))
+        return left
 
     def open_incidents(self) -> list[dict]:
         """Open incidents for /health, oldest first: key, site, subject, since (ISO 8601),

@@ -63,16 +63,20 @@ class Clock:
 
 
 class VirtualClock(Clock):
-    """Starts at `start` and advances with trio's (mock) clock."""
+    """Starts at `start` and advances with trio's (mock) clock. The first `now()` must be
+    called in the trio thread; it keeps the run's clock, so later calls work from the
+    database thread too (where the daemon reads the time inside its transactions)."""
 
     def __init__(self, start: datetime):
         self.start = start
-        self._t0: float | None = None
+        self._clock: trio.abc.Clock | None = None
+        self._t0 = 0.0
 
     def now(self) -> datetime:
-        if self._t0 is None:
-            self._t0 = trio.current_time()
-        return self.start + timedelta(seconds=trio.current_time() - self._t0)
+        if self._clock is None:
+            self._clock = trio.lowlevel.current_clock()
+            self._t0 = self._clock.current_time()
+        return self.start + timedelta(seconds=self._clock.current_time() - self._t0)
 
 
 def rule_version(rule: Rule) -> str:

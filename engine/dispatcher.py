@@ -56,6 +56,7 @@ GIVE_UP_POLLING_VIBER = timedelta(hours=25)
 RECEIPT_FALLBACK_POLL = 600
 OPERATOR_ALERT_CODES = (1, 2, 6, 8, 9)               # the admin must act: one alert e-mail each
 LOOKUP_CONCURRENCY = 8
+BALANCE_RETRY = 5.0              # seconds: a balance read due while no endpoint is healthy waits this long
 
 
 def backoff(attempts: int, base: float = 5.0, cap: float = 600.0) -> float:
@@ -121,6 +122,7 @@ class Dispatcher:
                         self._main_keyed[name] = transport
                 self._stack = stack
                 self.router = Router(endpoints)
+                await self.daemon.db(self._carry_over_incidents)    # before the probe loop starts
                 stranded = await self.daemon.db(self.store.in_state, "sending", 10_000)
                 # the workers live inside the clients' exit stack: on shutdown they are
                 # cancelled and gone before any client closes under them
@@ -802,6 +804,35 @@ class Dispatcher:
         self.store.add_events([event], "herald")
 
     # ---- endpoint health: probes, provider events, alerts ----
+    def _carry_over_incidents(self) -> None:
+        """At start (database thread): an incident a previous run left open is re-checked,
+        never trusted (docs/alerts.md, "Across a restart").
+
+        - provider.down:E — E starts tripped with its probe due at once: a healthy answer
+          resolves the incident (recovery mail), a failure keeps it open;
+        - bsg.error.N:ACCOUNT — kept (only a send can tell): the account's first accepted
+          message resolves it, as every account is suspect after a start (`_operator_open`);
+        - balance.low — the balance read at start re-checks it;
+        - an incident of an endpoint or account no longer configured is resolved now."""
+        if self.alerter is None:
+            return
+        now = self.ts()
+        for incident in self.alerter.carry_over():
+            key = incident["key"]
+            kind, _, name = key.partition(":")
+            if kind == "provider.down" and name in self.router.by_name:
+                since = incident["since"]
+                self.router.by_name[name].carried_over(
+                    since.timestamp(), now, f"down when Herald stopped (incident open since {since.isoformat()}); "
+                                            "probing it again")
+                log.info("BSG endpoint %s was down when Herald stopped: no traffic until a probe finds it healthy",
+                         name)
+            elif (kind == "provider.down" and name not in self.router.by_name) or \
+                    (kind.startswith("bsg.error.") and name not in self._operator_open):
+                self.alerter.resolve(key, f"{incident['subject']}: no longer configured",
+                                     f"{name} is no longer in the configuration, so Herald no longer uses it "
+                                     "and this incident is closed.")
+
     async def _health(self, endpoint: Endpoint, change: str | None) -> None:
         if change is None:
             return
@@ -833,11 +864,13 @@ class Dispatcher:
                 meanwhile = (f"Meanwhile new messages go through {fallback.name} ({fallback.client.url})."
                              if fallback else "No endpoint is healthy: messages wait queued; nothing is lost, "
                                               "and they go as soon as one recovers.")
+                # fresh: the endpoint took traffic until now, so an incident of that key
+                # still open in the store is stale and must not swallow this mail
                 self.alerter.open(key, f"BSG endpoint {endpoint.name} is unreachable",
                                   f"Herald cannot reach BSG endpoint {endpoint.name} ({endpoint.client.url}): "
                                   f"{endpoint.reason}.\n\n{meanwhile}\n\nHerald probes it every "
                                   f"{endpoint.policy.probe:g} s and sends a second e-mail when it is back.\n"
-                                  "What to do: check BSG's status and this server's network.")
+                                  "What to do: check BSG's status and this server's network.", fresh=True)
             else:
                 self.alerter.resolve(key, f"BSG endpoint {endpoint.name} is reachable again",
                                      f"BSG endpoint {endpoint.name} ({endpoint.client.url}) answered a probe; "
@@ -865,8 +898,11 @@ class Dispatcher:
         next_read = self.ts()
         while True:
             if self.ts() >= next_read:
-                next_read = self.ts() + bsg.balance_every
                 endpoint = self.router.pick()
+                # with no endpoint healthy (e.g. at start, while one carried over from the
+                # last run is re-probed) the read is tried again soon, not after balance_every:
+                # it is what re-checks a balance.low incident carried over a restart
+                next_read = self.ts() + (bsg.balance_every if endpoint is not None else BALANCE_RETRY)
                 if endpoint is not None:
                     try:
                         balance = await endpoint.client.balance()
@@ -887,7 +923,12 @@ class Dispatcher:
         event = Event("provider.balance", data, site, f"provider:{endpoint}:balance:{now.timestamp():.3f}", now)
         with self.store.transaction():
             self.store.add_events([event], "herald")
-            if self.alerter is None or threshold is None:
+            if self.alerter is None:
+                return
+            if threshold is None:      # bsg.balance_alert was removed (reload or restart): not watched
+                self.alerter.resolve("balance.low", "BSG balance is no longer watched",
+                                     "bsg.balance_alert is no longer set, so Herald no longer alerts on the "
+                                     "balance and this incident is closed.")
                 return
             amount = f"{balance.amount} {balance.currency}".strip()
             if balance.amount < threshold:

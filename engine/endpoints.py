@@ -75,6 +75,13 @@ class Endpoint:
         self.outcomes.clear()
         return "down"
 
+    def carried_over(self, since: float, now: float, reason: str) -> None:
+        """It was down when Herald last stopped (its incident is still open in the store):
+        no traffic until a probe, due at once, finds it healthy — then `probe_result`
+        says "up" and the incident is resolved like any other recovery."""
+        self.state, self.since, self.reason, self.probe_at = OPEN, since, reason, now
+        self.outcomes.clear()
+
     def probe_result(self, ok: bool, now: float, detail: str = "") -> str | None:
         """The probe's outcome. Returns "up" when the endpoint is healthy again."""
         if self.state == CLOSED:

@@ -139,10 +139,10 @@ class Herald:
     async def db(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
-    async def open(self, key: str, subject: str, body: str, site: str | None = None) -> bool:
+    async def open(self, key: str, subject: str, body: str, site: str | None = None, fresh: bool = False) -> bool:
         def in_transaction() -> bool:
             with self.store.transaction():       # as the caller does: alert and cause commit together
-                return self.alerter.open(key, subject, body, site=site)
+                return self.alerter.open(key, subject, body, site=site, fresh=fresh)
         return await self.db(in_transaction)
 
     async def resolve(self, key: str, subject: str, body: str) -> bool:
@@ -249,6 +249,54 @@ async def test_resolving_sends_one_recovery_mail_and_a_new_outage_mails_again(tm
     assert "Lasted:   1 h 12 min; raised 2 time(s) while open" in recovery
     assert re.search(r"Opened: .*\nResolved: ", recovery)
     assert inbox.messages[0]["Message-Id"] != inbox.messages[1]["Message-Id"]
+
+
+async def test_a_fresh_outage_closes_a_stale_incident_with_its_own_mail_and_mails_again(tmp_path, store, servers):
+    """A run killed with `provider.down:main` open left it in the store. Raised again as a
+    repeat it is only counted; raised `fresh` (the caller saw the endpoint fine, then fail)
+    the stale one is closed with one mail and the new outage mails."""
+    before = Herald(store, make_config(tmp_path, None))            # the killed run (its mail went)
+    await before.open("provider.down:main", *DOWN)
+    port = free_port()
+    inbox = Inbox()
+    servers(port, inbox)
+    herald = Herald(store, make_config(tmp_path, port))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(herald.alerter.run, herald.db)
+        assert not await herald.open("provider.down:main", *DOWN)               # a repeat: counted
+        assert await herald.open("provider.down:main", *DOWN, fresh=True)       # a new outage
+        await herald.drained(inbox, 2)
+        nursery.cancel_scope.cancel()
+    assert [m["Subject"] for m in inbox.messages] == ["[Herald] Ended: BSG main endpoint unreachable",
+                                                      "[Herald] BSG main endpoint unreachable"]
+    ended = inbox.messages[0].get_content()
+    assert "did not record when this ended" in ended and "raised 2 time(s) while open" in ended
+    [incident] = herald.alerter.open_incidents()
+    assert incident["occurrences"] == 1
+
+
+async def test_carry_over_resolves_campaign_incidents_unless_the_campaign_is_still_stopped(tmp_path, store, servers):
+    fields = dict(origin="api", site="s1", channel="sms", text="x", source="list", start_at=0, end_at=4e9, rate=1)
+    stopped = store.create_campaign({**fields, "name": "spring", "state": "stopped"}, [])
+    cancelled = store.create_campaign({**fields, "name": "autumn", "state": "cancelled"}, [])
+    for cid in (stopped, cancelled, 99):
+        store.open_incident(f"campaign.stopped:{cid}", "s1", f"Campaign {cid} stopped", datetime.now(timezone.utc))
+    store.open_incident("provider.down:main", None, DOWN[0], datetime.now(timezone.utc))
+    port = free_port()
+    inbox = Inbox()
+    servers(port, inbox)
+    herald = Herald(store, make_config(tmp_path, port))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(herald.alerter.run, herald.db)
+        left = await herald.db(herald.alerter.carry_over)
+        await herald.drained(inbox, 2)
+        nursery.cancel_scope.cancel()
+    # what the store alone can tell is settled; the rest goes back to its owner to re-check
+    assert [i["key"] for i in left] == [f"campaign.stopped:{stopped}", "provider.down:main"]
+    assert [i["key"] for i in herald.alerter.open_incidents()] == [i["key"] for i in left]
+    assert sorted(m["Subject"] for m in inbox.messages) == [
+        "[Herald] Campaign #99 is no longer stopped", "[Herald] Campaign autumn is no longer stopped"]
+    assert all(m["To"] == "admin@shop.example.com" for m in inbox.messages)     # site s1's admin
 
 
 async def test_recipients_site_admin_or_every_distinct_admin(tmp_path, store, servers, caplog):
