@@ -384,6 +384,10 @@ def change_state(daemon, key: str, action: str) -> dict:
             if not store.set_campaign_state(cid, "cancelled", "cancelled by an operator", LIVE_STATES):
                 raise CampaignError(409, f"campaign {cid} is {state} already")
             store.recall_campaign(cid, "cancelled", "campaign cancelled")
+            if daemon.alerter is not None and state == "stopped":
+                # a cancelled campaign will not resume: its stop is no longer an open problem
+                daemon.alerter.resolve(f"campaign.stopped:{cid}", f"Campaign {c['name'] or cid} cancelled",
+                                       "An operator cancelled the stopped campaign.")
     feeder = getattr(daemon, "feeder", None)
     if feeder is not None:
         feeder.balance_at.clear()          # a resumed campaign reads the balance first

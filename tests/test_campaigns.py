@@ -105,6 +105,21 @@ async def test_budget_stops_the_campaign_with_an_alert(tmp_path, monkeypatch):
             assert "budget reached" in incidents[0]["subject"]
 
 
+async def test_cancelling_a_stopped_campaign_closes_its_incident(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path, balance=0) as (fake, config):
+        async with running(config) as (daemon, client):
+            end = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+            r = await client.post("/campaigns", json={"phones": phones(5), "text": "Sale", "channel": "sms",
+                                                      "rate": "100/s", "end": end, "name": "autumn"})
+            cid = r.json()["id"]
+            await wait_for(lambda: daemon.store.campaign(cid)["state"] == "stopped", what="the stop")
+            assert [i["key"] for i in daemon.alerter.open_incidents()] == [f"campaign.stopped:{cid}"]
+            r = await client.post("/campaigns/autumn/cancel")
+            assert r.status_code == 200 and r.json()["state"] == "cancelled"
+            assert daemon.alerter.open_incidents() == []
+
+
 async def test_low_balance_stops_and_resume_goes_on(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     async with fake_and_project(tmp_path, balance=0) as (fake, config):
