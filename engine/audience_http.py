@@ -11,7 +11,6 @@ import ipaddress
 from typing import Any, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from engine.errors import EventError
@@ -20,7 +19,7 @@ CAMPAIGN_MAX_BODY = 256 * 1024 * 1024    # POST /campaigns: a CSV of a few milli
 
 
 def routes(daemon, endpoint: Callable) -> list[Route]:
-    from engine.http import ApiError, _json_body
+    from engine.http import ApiError, JSONResponse, _json_body, path_key
     from engine import campaigns, subscriptions as subs
     from engine.incoming import parse_push
 
@@ -80,21 +79,21 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
         return JSONResponse({"campaigns": await daemon.db(campaigns.list_status, daemon)})
 
     async def get_campaign(request: Request):
-        key = request.path_params["id"]
+        key = path_key(request)
         result = await daemon.db(campaigns.status, daemon, key)
         if result is None:
             raise ApiError(404, f"no campaign {key}")
         return JSONResponse(result)
 
     async def set_campaign(request: Request):
-        key = request.path_params["id"]
+        key = path_key(request)
         result = await daemon.db(campaigns.update, daemon, key, await body(request))
         daemon.campaigns_wake.set()
         return JSONResponse(result)
 
     def change(action: str) -> Callable:
         async def handler(request: Request):
-            key = request.path_params["id"]
+            key = path_key(request)
             result = await daemon.db(campaigns.change_state, daemon, key, action)
             daemon.campaigns_wake.set()
             daemon.dispatch_wake.set()

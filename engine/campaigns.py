@@ -117,7 +117,7 @@ def parse_spec(payload: Any, config, project, *, origin: str = "http", base_dir:
             hint = did_you_mean(str(key), KEYS) or "keys: " + ", ".join(KEYS)
             raise CampaignError(400, f"unknown key {key!r} ({hint})", f"/{key}")
     site_id = payload.get("site", next(iter(config.sites)))
-    if site_id not in config.sites:
+    if not isinstance(site_id, str) or site_id not in config.sites:
         raise CampaignError(400, f"unknown site {site_id!r}", "/site")
     site = config.sites[site_id]
     channel = payload.get("channel", site.channel)

@@ -1,0 +1,113 @@
+"""Malformed input over HTTP (issue #12 item 3): each answer is a 4xx with a JSON body that
+says where (a JSON pointer into the body, or the query/path parameter's name) and what to
+do — never a 500 — and the daemon keeps serving. A real daemon and the fake BSG over HTTP."""
+
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager
+
+import pytest
+
+from tests.audience_helpers import fake_and_project, running
+
+ORDER = {"type": "order.created", "id": "o1", "data": {"order": {"id": 18, "number": "A-18"}}}
+
+
+@asynccontextmanager
+async def api(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    async with fake_and_project(tmp_path, subscriptions="  lists: [news]") as (fake, config):
+        async with running(config) as (daemon, client):
+            yield daemon, client
+            health = await client.get("/health")       # still serving after the bad request
+            assert health.status_code == 200, health.text
+
+
+def refused(r, status: int = 400) -> dict:
+    """The answer's JSON body, after checking it is a 4xx (`status`) with an `error`."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert isinstance(body.get("error"), str) and body["error"], body
+    return body
+
+
+async def post_text(client, path: str, text: str):
+    return await client.post(path, content=text.encode(), headers={"content-type": "application/json"})
+
+
+# ---- JSON bodies -------------------------------------------------------------------------
+
+async def test_a_body_nested_ten_thousand_deep_is_a_400(tmp_path, monkeypatch):
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        body = refused(await post_text(client, "/events", "[" * 10_000 + "]" * 10_000))
+        assert "deep" in body["error"] and "64" in body["error"]
+        # just over the bound: the pointer says where the 65th level starts
+        deep = '{"a":' * 65 + "1" + "}" * 65
+        body = refused(await post_text(client, "/events", deep))
+        assert body["pointer"] == "/a" * 64
+
+
+async def test_a_5000_digit_number_is_a_400_pointing_at_it(tmp_path, monkeypatch):
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        text = json.dumps(ORDER).replace('"id": 18', '"id": ' + "9" * 5000)
+        body = refused(await post_text(client, "/events", text))
+        assert body["pointer"] == "/data/order/id" and "whole number" in body["error"]
+        # also just over 64 bits, and a float beyond what a double holds
+        text = json.dumps(ORDER).replace('"id": 18', '"id": 9223372036854775808')
+        assert refused(await post_text(client, "/events", text))["pointer"] == "/data/order/id"
+        text = json.dumps(ORDER).replace('"id": 18', '"id": 1e999')
+        assert refused(await post_text(client, "/events", text))["pointer"] == "/data/order/id"
+        assert (await client.post("/events", json=ORDER)).status_code == 202      # the bound is not too tight
+
+
+async def test_lone_surrogates_in_an_event_id_and_a_list_name_are_400s(tmp_path, monkeypatch):
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        text = json.dumps(ORDER).replace('"o1"', '"\\ud800"')
+        body = refused(await post_text(client, "/events", text))
+        assert body["pointer"] == "/id" and "surrogate" in body["error"]
+        text = '{"phone": "+79123456789", "list": "\\udc00news"}'
+        assert refused(await post_text(client, "/subscriptions", text))["pointer"] == "/list"
+        # in a key too, which the error names (escaped: the reply must be encodable)
+        text = '{"type": "order.created", "data": {"\\udfff": 1}}'
+        assert refused(await post_text(client, "/events", text))["pointer"] == "/data/\udfff"
+
+
+async def test_a_site_of_the_wrong_type_is_a_400(tmp_path, monkeypatch):
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        r = await client.post("/subscriptions", json={"phone": "+79123456789", "list": "news", "site": []})
+        assert refused(r)["pointer"] == "/site"
+        r = await client.post("/campaigns", json={"phones": ["+79123456789"], "text": "Sale", "site": {},
+                                                  "end": "2099-01-01T00:00:00Z"})
+        assert refused(r)["pointer"] == "/site"
+        r = await client.post("/messages", json={"to": "+79123456789", "text": "Hi", "site": ["s1"]})
+        assert refused(r)["pointer"] == "/site"
+
+
+# ---- paths and queries -------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/timeline/%00/18", "/timeline/%2E%2E/1", "/timeline/order.x/1",
+                                  "/timeline/order/%00"])
+async def test_a_timeline_of_a_bad_entity_type_or_id_is_a_400_naming_the_parameter(tmp_path, monkeypatch, path):
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        body = refused(await client.get(path))
+        assert body["parameter"] == ("id" if path.endswith("%00") else "type")
+        await client.post("/events", json=ORDER)
+        assert (await client.get("/timeline/shipment/18")).status_code == 404
+
+
+@pytest.mark.parametrize("query, parameter", [("before=99999999999999999999999", "before"),
+                                              ("limit=-1", "limit"), ("limit=1e3", "limit"),
+                                              ("before=-5", "before")])
+async def test_a_message_list_query_out_of_range_is_a_400_naming_the_parameter(tmp_path, monkeypatch, query,
+                                                                                parameter):
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        body = refused(await client.get(f"/messages?{query}"))
+        assert body["parameter"] == parameter and parameter in body["error"]
+
+
+async def test_a_message_or_campaign_id_out_of_range_is_a_400(tmp_path, monkeypatch):
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        assert refused(await client.get("/messages/" + "9" * 30))["parameter"] == "id"
+        assert refused(await client.get("/campaigns/" + "9" * 30))["parameter"] == "id"
+        assert (await client.get("/messages/12")).status_code == 404
