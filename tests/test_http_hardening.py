@@ -111,3 +111,23 @@ async def test_a_message_or_campaign_id_out_of_range_is_a_400(tmp_path, monkeypa
         assert refused(await client.get("/messages/" + "9" * 30))["parameter"] == "id"
         assert refused(await client.get("/campaigns/" + "9" * 30))["parameter"] == "id"
         assert (await client.get("/messages/12")).status_code == 404
+
+
+async def test_the_limits_examples_in_the_docs_answer_as_shown(tmp_path, monkeypatch):
+    """docs/http-api.md "Limits": each `curl` line is followed by its exact answer."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "http-api.md").read_text(encoding="utf-8")
+    section = doc.split("## Limits", 1)[1].split("\n## ", 1)[0]
+    examples = re.findall(r"^(curl .*)\n# (.*)$", section, re.M)
+    assert len(examples) >= 3
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        for command, shown in examples:
+            words = shlex.split(command)
+            url = next(w for w in words if w.startswith("http://"))
+            body = words[words.index("-d") + 1] if "-d" in words else None
+            method = words[words.index("-X") + 1] if "-X" in words else "GET"
+            r = await client.request(method, url.split("8780", 1)[1], content=body and body.encode())
+            assert 400 <= r.status_code < 500 and r.json() == json.loads(shown), (command, r.text)
