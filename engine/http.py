@@ -80,6 +80,12 @@ def _authorize(request: Request, daemon) -> None:
         raise ApiError(401, "the bearer token is not valid")
 
 
+def route_of(request: Request) -> str:
+    """The route's path template (`/bsg/callback/{secret}`), never the path as sent."""
+    route = request.scope.get("route")
+    return getattr(route, "path", "?")
+
+
 def too_large(limit: int, setting: str = "http.max_body") -> ApiError:
     """413 that names the limit and where it is set."""
     return ApiError(413, f"the body is over the limit of {limit} bytes ({setting})")
@@ -87,7 +93,7 @@ def too_large(limit: int, setting: str = "http.max_body") -> ApiError:
 
 async def _json_body(request: Request, limit: int, setting: str = "http.max_body") -> Any:
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
+    if length and length.isascii() and length.isdigit() and int(length) > limit:
         raise too_large(limit, setting)
     body = bytearray()
     async for chunk in request.stream():
@@ -162,7 +168,8 @@ def create_app(daemon) -> Starlette:
             except Exception:
                 # the last resort: a bug, not the request's fault (the fuzz suite treats this
                 # as a failure). Logged once with the traceback; the answer names no detail.
-                log.exception("%s %s failed", request.method, request.url.path)
+                # the handler's name, not the path: a callback's path holds its secret
+                log.exception("%s %s (%s) failed", request.method, route_of(request), fn.__name__)
                 return JSONResponse({"error": "internal error: Herald could not answer this request; "
                                               "its log has the details"}, status_code=500)
         return handler

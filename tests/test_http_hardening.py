@@ -14,10 +14,15 @@ from tests.audience_helpers import fake_and_project, running
 ORDER = {"type": "order.created", "id": "o1", "data": {"order": {"id": 18, "number": "A-18"}}}
 
 
+B24_TOKEN = "b24-token-for-tests"
+
+
 @asynccontextmanager
 async def api(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     async with fake_and_project(tmp_path, subscriptions="  lists: [news]") as (fake, config):
+        config.write_text(config.read_text(encoding="utf-8") + f"bitrix24:\n  application_token: {B24_TOKEN}\n",
+                          encoding="utf-8")
         async with running(config) as (daemon, client):
             yield daemon, client
             health = await client.get("/health")       # still serving after the bad request
@@ -131,3 +136,50 @@ async def test_the_limits_examples_in_the_docs_answer_as_shown(tmp_path, monkeyp
             method = words[words.index("-X") + 1] if "-X" in words else "GET"
             r = await client.request(method, url.split("8780", 1)[1], content=body and body.encode())
             assert 400 <= r.status_code < 500 and r.json() == json.loads(shown), (command, r.text)
+
+
+async def test_a_retry_of_more_ids_than_a_replay_takes_is_a_400(tmp_path, monkeypatch):
+    # 300,000 ids fit in 1 MiB but not in one SQLite statement (at most 250,000 variables)
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        r = await client.post("/messages/retry", json={"ids": [1] * 300_000, "dry_run": True})
+        body = refused(r)
+        assert body["pointer"] == "/ids" and "10000" in body["error"]
+        r = await client.post("/messages/retry", json={"ids": [1] * 10_000, "dry_run": True})
+        assert r.status_code == 200 and r.json()["count"] == 0
+
+
+@pytest.mark.parametrize("task_id, status", [("9" * 5000, 400), ("²", 202), ("12345678901234567890123", 202)])
+async def test_a_bitrix24_post_with_an_odd_task_id_is_not_a_500(tmp_path, monkeypatch, task_id, status):
+    from urllib.parse import urlencode
+    form = urlencode({"event": "ONTASKADD", "data[FIELDS_AFTER][ID]": task_id, "ts": "1767603600",
+                      "auth[application_token]": B24_TOKEN, "auth[domain]": "shop.bitrix24.ru"})
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        r = await client.post("/hooks/bitrix24", content=form.encode(),
+                              headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == status, r.text
+        if status == 400:
+            assert r.json()["field"] == "data[FIELDS_AFTER][ID]"
+        else:       # not a number Herald can hold: the id is kept as the text it was
+            [event] = [e for e in daemon.store.entity_events("task", task_id, "s1")]
+            assert event.data["task"]["id"] == task_id
+
+
+async def test_a_failure_inside_a_handler_is_a_json_500_logged_once_without_the_path(tmp_path, monkeypatch,
+                                                                                       caplog):
+    # a row the store cannot read (as after disk corruption): the timeline's handler fails
+    from tests.audience_helpers import wait_for
+
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        assert (await client.post("/events", json=ORDER)).status_code == 202
+        conn = daemon.store._conn
+        await wait_for(lambda: conn.execute("SELECT status FROM events WHERE id = 'o1'").fetchone()[0] == "done",
+                       what="the event processed")
+        conn.execute("UPDATE events SET previous = '{broken' WHERE id = 'o1'")
+        conn.commit()
+        caplog.clear()
+        r = await client.get("/timeline/order/18?site=s1")
+        assert r.status_code == 500
+        assert r.json() == {"error": "internal error: Herald could not answer this request; its log has the details"}
+        [record] = [rec for rec in caplog.records if rec.levelname == "ERROR"]
+        assert record.exc_info is not None and "JSONDecodeError" in caplog.text
+        assert record.getMessage() == "GET /timeline/{type}/{id} (get_timeline) failed"
