@@ -7,6 +7,7 @@ Registered by engine/http.py's `create_app` through `routes(daemon, endpoint)`; 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any, Callable
 
@@ -33,6 +34,7 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
         return await _json_body(request, daemon.config.http.max_body)
 
     def answer(fn: Callable) -> Callable:
+        @functools.wraps(fn)          # its name is what a failure's log line shows
         async def handler(request: Request):
             try:
                 return await fn(request)
@@ -98,6 +100,7 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
             daemon.campaigns_wake.set()
             daemon.dispatch_wake.set()
             return JSONResponse(result)
+        handler.__name__ = f"{action}_campaign"
         return handler
 
     return [

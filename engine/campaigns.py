@@ -93,16 +93,22 @@ class Spec:
 
 # ---- parsing -----------------------------------------------------------------------------
 
+MIN_RATE, MAX_RATE = 1 / 86400, 100_000.0     # messages per second: one a day … what no account sends
+RATE_FORMAT = "rate must be messages per time, e.g. 20/s, 600/m or 5000/h (from one a day to 100000/s)"
+
+
 def parse_rate(value: Any) -> float | None:
-    """`20/s`, `600/m`, `5000/h`, or a number (per second)."""
+    """`20/s`, `600/m`, `5000/h`, or a number (per second); None when it is not one
+    or is outside MIN_RATE … MAX_RATE (a rate of 1e-300 would put the next message
+    past what a datetime holds)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value) if value > 0 else None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|m|min|h|hour)\s*", str(value))
-    if not m:
-        return None
-    per = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}[m.group(2)]
-    rate = float(m.group(1)) / per
-    return rate if rate > 0 else None
+        rate = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d{1,12}(?:\.\d{1,12})?)\s*/\s*(s|sec|m|min|h|hour)\s*", str(value))
+        if not m:
+            return None
+        rate = float(m.group(1)) / {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}[m.group(2)]
+    return rate if MIN_RATE <= rate <= MAX_RATE else None
 
 
 def parse_spec(payload: Any, config, project, *, origin: str = "http", base_dir: Path | None = None,
@@ -152,7 +158,7 @@ def parse_spec(payload: Any, config, project, *, origin: str = "http", base_dir:
             raise CampaignError(400, f"window: {exc}" if "HH:MM" in str(exc) else WINDOW_FORMAT, "/window") from exc
     rate = parse_rate(payload.get("rate", DEFAULT_RATE))
     if rate is None:
-        raise CampaignError(400, "rate must be messages per time, e.g. 20/s, 600/m or 5000/h", "/rate")
+        raise CampaignError(400, RATE_FORMAT, "/rate")
     budget = _budget(payload.get("budget"))
     name = payload.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip()):
@@ -414,7 +420,7 @@ def update(daemon, key: str, payload: Any) -> dict:
     if "rate" in payload:
         rate = parse_rate(payload["rate"])
         if rate is None:
-            raise CampaignError(400, "rate must be messages per time, e.g. 20/s, 600/m or 5000/h", "/rate")
+            raise CampaignError(400, RATE_FORMAT, "/rate")
         fields["rate"] = rate
     if "budget" in payload:
         budget = _budget(payload["budget"])

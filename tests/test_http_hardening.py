@@ -183,3 +183,18 @@ async def test_a_failure_inside_a_handler_is_a_json_500_logged_once_without_the_
         [record] = [rec for rec in caplog.records if rec.levelname == "ERROR"]
         assert record.exc_info is not None and "JSONDecodeError" in caplog.text
         assert record.getMessage() == "GET /timeline/{type}/{id} (get_timeline) failed"
+
+
+@pytest.mark.parametrize("rate", ["9" * 400 + "/s", 1e-300, "0.000000000001/s", 1e308])
+async def test_a_campaign_rate_beyond_what_a_feeder_can_pace_is_a_400(tmp_path, monkeypatch, rate):
+    # 400 nines per second read as infinity (a status answer could not be JSON); 1e-300
+    # per second puts the next message past the year 9999
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        r = await client.post("/campaigns", json={"phones": ["+79123456789"], "text": "Sale", "rate": rate,
+                                                  "end": "2099-01-01T00:00:00Z"})
+        assert refused(r)["pointer"] == "/rate"
+        r = await client.post("/campaigns", json={"phones": ["+79123456789"], "text": "Sale", "rate": "1/h",
+                                                  "end": "2099-01-01T00:00:00Z"})
+        assert r.status_code == 201, r.text
+        r = await client.patch(f"/campaigns/{r.json()['id']}", json={"rate": rate})
+        assert refused(r)["pointer"] == "/rate"
