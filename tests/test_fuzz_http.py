@@ -44,9 +44,10 @@ SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categorie
 TEXT = st.one_of(st.text(max_size=20), st.text(st.one_of(st.characters(), SURROGATES), max_size=8),
                  st.sampled_from(["", " ", "news", "s1", "order", "1", "-1", "..", "\x00", "9" * 30, PHONE,
                                   "2026-11-27T10:00:00Z", "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-01:00",
-                                  "10/s", "1e999/s", "delivered", "failed", "*"]))
+                                  "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "10/s", "1e999/s",
+                                  "9" * 400 + "/s", "0.000000001/s", "1E+999999", "delivered", "failed", "*"]))
 NUMBERS = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=False, allow_infinity=False),
-                    st.sampled_from([0, 1, -1, 2**63 - 1, 2**63, -2**63 - 1, 1e308]))
+                    st.sampled_from([0, 1, -1, 2**63 - 1, 2**63, -2**63 - 1, 1e308, 1e-300, 5e-324]))
 SCALARS = st.one_of(st.none(), st.booleans(), NUMBERS, TEXT)
 JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) |
                     st.dictionaries(TEXT, inner, max_size=4), max_leaves=12)
