@@ -226,6 +226,13 @@ def read_csv(text: str) -> list[tuple[str, dict, str | None]]:
     except csv.Error:
         dialect = csv.excel
     reader = csv.DictReader(io.StringIO(text), dialect=dialect)
+    try:
+        return _csv_rows(reader)
+    except csv.Error as exc:          # e.g. a field over the csv module's 128 KiB limit
+        raise CampaignError(400, f"CSV line {reader.line_num}: {exc}; check its quotes", "/csv") from exc
+
+
+def _csv_rows(reader: csv.DictReader) -> list[tuple[str, dict, str | None]]:
     columns = [c.strip().lower() for c in reader.fieldnames or []]
     if "phone" not in columns:
         raise CampaignError(400, f"the CSV needs a `phone` column (header: {', '.join(columns) or 'none'})", "/csv")

@@ -19,7 +19,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 import starlette.responses
 from starlette.routing import Route
 
@@ -165,6 +165,9 @@ def create_app(daemon) -> Starlette:
                 return exc.response()
             except EventError as exc:
                 return JSONResponse(exc.as_json(), status_code=400)
+            except ClientDisconnect:       # gone while sending its body: nobody reads an answer
+                log.info("%s %s: the client left before its body was read", request.method, route_of(request))
+                return JSONResponse({"error": "the request body was cut off"}, status_code=400)
             except Exception:
                 # the last resort: a bug, not the request's fault (the fuzz suite treats this
                 # as a failure). Logged once with the traceback; the answer names no detail.

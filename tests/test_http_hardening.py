@@ -198,3 +198,12 @@ async def test_a_campaign_rate_beyond_what_a_feeder_can_pace_is_a_400(tmp_path, 
         assert r.status_code == 201, r.text
         r = await client.patch(f"/campaigns/{r.json()['id']}", json={"rate": rate})
         assert refused(r)["pointer"] == "/rate"
+
+
+async def test_a_campaign_csv_with_a_field_over_the_csv_limit_is_a_400(tmp_path, monkeypatch):
+    # an unclosed quote swallows the rest of the file into one field (over 128 KiB)
+    csv = "phone,name\n+79123456789,\"Ann\n" + "+79123456780,Bob\n" * 10_000
+    async with api(tmp_path, monkeypatch) as (daemon, client):
+        r = await client.post("/campaigns", json={"csv": csv, "text": "Sale", "end": "2099-01-01T00:00:00Z"})
+        body = refused(r)
+        assert body["pointer"] == "/csv" and "field larger than field limit" in body["error"]
