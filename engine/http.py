@@ -137,15 +137,23 @@ def path_name(request: Request, name: str) -> str:
     return value
 
 
-def path_key(request: Request, name: str = "id", max_length: int = 200) -> str | int:
-    """A path parameter that is an id or a name: digits (a whole number, e.g. a message
-    id) become an int within 64 bits; other text is bounded, without control characters."""
+def path_key(request: Request, name: str = "id") -> str | int:
+    """A path parameter that is Herald's own id or a name (a message's id or reference,
+    a campaign's id or name): digits become an int within 64 bits; other text as
+    `path_text`."""
     value = request.path_params[name]
     if value.isascii() and value.isdigit():
         if len(value) > 19 or int(value) > bounds.MAX_INT:
             raise ApiError(400, f"{name} {value[:25]}… is out of range: ids go up to {bounds.MAX_INT}",
                            parameter=name)
         return int(value)
+    return path_text(request, name)
+
+
+def path_text(request: Request, name: str = "id", max_length: int = 200) -> str:
+    """A path parameter that is someone else's id (an order's, `0042` stays `0042`):
+    at most `max_length` characters, no control characters."""
+    value = request.path_params[name]
     problem = bounds.text_problem(value, max_length=max_length)
     if problem:
         raise ApiError(400, f"{name} {problem}", parameter=name)
@@ -220,14 +228,14 @@ def create_app(daemon) -> Starlette:
         from engine.timeline import UnknownEntity
         payload = await _json_body(request, daemon.config.http.max_body)
         try:
-            results = await order_send(daemon, str(path_key(request)), payload)
+            results = await order_send(daemon, path_text(request), payload)
         except UnknownEntity as exc:
             raise ApiError(404, str(exc)) from exc
         return JSONResponse(send_answer(results), status_code=202)
 
     async def get_timeline(request: Request):
         from engine.timeline import UnknownEntity, build_timeline
-        entity_type, entity_id = path_name(request, "type"), str(path_key(request))
+        entity_type, entity_id = path_name(request, "type"), path_text(request)
         site = query_text(request, "site") or next(iter(daemon.config.sites))
         if site not in daemon.config.sites:
             raise ApiError(400, f"unknown site {site!r}; configured sites: {', '.join(daemon.config.sites)}",

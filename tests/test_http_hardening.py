@@ -99,6 +99,8 @@ async def test_a_timeline_of_a_bad_entity_type_or_id_is_a_400_naming_the_paramet
         assert body["parameter"] == ("id" if path.endswith("%00") else "type")
         await client.post("/events", json=ORDER)
         assert (await client.get("/timeline/shipment/18")).status_code == 404
+        assert (await client.get("/timeline/order/18")).status_code == 200
+        assert (await client.get("/timeline/order/0018")).status_code == 404       # an id is text, not a number
 
 
 @pytest.mark.parametrize("query, parameter", [("before=99999999999999999999999", "before"),
