@@ -109,10 +109,12 @@ def query_int(request: Request, name: str, default: int | None, low: int = 0,
     text = request.query_params.get(name)
     if text is None:
         return default
-    if not (text.isascii() and text.strip().lstrip("-").isdigit()) or len(text.strip().lstrip("-")) > 19 \
-            or not low <= int(text) <= high:
+    if not _WHOLE.fullmatch(text.strip()) or not low <= int(text) <= high:
         raise ApiError(400, f"{name} must be a whole number from {low} to {high}", parameter=name)
     return int(text)
+
+
+_WHOLE = re.compile(r"-?[0-9]{1,19}")      # at most 19 digits: int() never reads a huge one
 
 
 def query_text(request: Request, name: str, max_length: int = 200) -> str | None:
@@ -178,8 +180,8 @@ def create_app(daemon) -> Starlette:
                 return JSONResponse({"error": "the request body was cut off"}, status_code=400)
             except Exception:
                 # the last resort: a bug, not the request's fault (the fuzz suite treats this
-                # as a failure). Logged once with the traceback; the answer names no detail.
-                # the handler's name, not the path: a callback's path holds its secret
+                # as a failure). Logged once with the traceback and the route's template (the
+                # path as sent may hold the callback secret); the answer names no detail.
                 log.exception("%s %s (%s) failed", request.method, route_of(request), fn.__name__)
                 return JSONResponse({"error": "internal error: Herald could not answer this request; "
                                               "its log has the details"}, status_code=500)
@@ -199,7 +201,7 @@ def create_app(daemon) -> Starlette:
 
     async def list_messages(request: Request):
         q = request.query_params
-        limit = query_int(request, "limit", 50, 1, 500)
+        limit = min(query_int(request, "limit", 50, 1), 500)      # more than a page reads as a page
         before = query_int(request, "before", None, 1)
         since = _query_time(request, "since")
         state, phone, rule, event = (query_text(request, name) for name in ("status", "phone", "rule", "event"))

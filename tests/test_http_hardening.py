@@ -105,7 +105,8 @@ async def test_a_timeline_of_a_bad_entity_type_or_id_is_a_400_naming_the_paramet
 
 @pytest.mark.parametrize("query, parameter", [("before=99999999999999999999999", "before"),
                                               ("limit=-1", "limit"), ("limit=1e3", "limit"),
-                                              ("before=-5", "before")])
+                                              ("before=-5", "before"), ("before=--5", "before"),
+                                              ("limit=%C2%B2", "limit")])
 async def test_a_message_list_query_out_of_range_is_a_400_naming_the_parameter(tmp_path, monkeypatch, query,
                                                                                 parameter):
     async with api(tmp_path, monkeypatch) as (daemon, client):
