@@ -7,11 +7,11 @@ Registered by engine/http.py's `create_app` through `routes(daemon, endpoint)`; 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from engine.errors import EventError
@@ -20,7 +20,7 @@ CAMPAIGN_MAX_BODY = 256 * 1024 * 1024    # POST /campaigns: a CSV of a few milli
 
 
 def routes(daemon, endpoint: Callable) -> list[Route]:
-    from engine.http import ApiError, _json_body
+    from engine.http import ApiError, JSONResponse, _json_body, path_key
     from engine import campaigns, subscriptions as subs
     from engine.incoming import parse_push
 
@@ -34,6 +34,7 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
         return await _json_body(request, daemon.config.http.max_body)
 
     def answer(fn: Callable) -> Callable:
+        @functools.wraps(fn)          # its name is what a failure's log line shows
         async def handler(request: Request):
             try:
                 return await fn(request)
@@ -80,25 +81,26 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
         return JSONResponse({"campaigns": await daemon.db(campaigns.list_status, daemon)})
 
     async def get_campaign(request: Request):
-        key = request.path_params["id"]
+        key = path_key(request)
         result = await daemon.db(campaigns.status, daemon, key)
         if result is None:
             raise ApiError(404, f"no campaign {key}")
         return JSONResponse(result)
 
     async def set_campaign(request: Request):
-        key = request.path_params["id"]
+        key = path_key(request)
         result = await daemon.db(campaigns.update, daemon, key, await body(request))
         daemon.campaigns_wake.set()
         return JSONResponse(result)
 
     def change(action: str) -> Callable:
         async def handler(request: Request):
-            key = request.path_params["id"]
+            key = path_key(request)
             result = await daemon.db(campaigns.change_state, daemon, key, action)
             daemon.campaigns_wake.set()
             daemon.dispatch_wake.set()
             return JSONResponse(result)
+        handler.__name__ = f"{action}_campaign"
         return handler
 
     return [

@@ -124,6 +124,9 @@ def check_token(form: dict[str, Any], expected: str) -> None:
                         TOKEN_FIELD)
 
 
+MAX_ID = 100        # characters of an entity id in a post (Bitrix24's are numbers)
+
+
 def to_event(form: dict[str, Any], *, site: str | None = None) -> dict[str, Any]:
     """The canonical event of a (token-checked) post, shaped as `POST /events` takes it."""
     name = form.get("event")
@@ -161,9 +164,11 @@ def _entity_id(data: Any, code: str) -> tuple[int | str, dict[str, Any]]:
             fields = data.get(key)
             if isinstance(fields, dict):
                 raw = fields.get("ID")
+                where = f"data[{key}][ID]"
+                if isinstance(raw, str) and len(raw.strip()) > MAX_ID:
+                    raise HookError(400, f"the id of the {code} entity is longer than {MAX_ID} characters", where)
                 if isinstance(raw, str) and raw.strip():
-                    value = raw.strip()
-                    return (int(value) if value.isdigit() else value), dict(fields)
+                    return _ident(raw), dict(fields)
     where = "data[FIELDS][ID]" if code.startswith("ONCRM") else "data[FIELDS_AFTER][ID]"
     raise HookError(400, f"the post has no id of the {code} entity ({where})", where)
 
@@ -284,7 +289,8 @@ def _ident(value: Any) -> int | str | None:
     text = str(value).strip()
     if not text:
         return None
-    return int(text) if text.isascii() and text.isdigit() else text
+    # a whole number only within 64 bits (what the store holds): a longer one stays text
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else text
 
 
 def _ids(value: Any) -> list[int | str]:

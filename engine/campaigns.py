@@ -93,16 +93,22 @@ class Spec:
 
 # ---- parsing -----------------------------------------------------------------------------
 
+MIN_RATE, MAX_RATE = 1 / 86400, 100_000.0     # messages per second: one a day … what no account sends
+RATE_FORMAT = "rate must be messages per time, e.g. 20/s, 600/m or 5000/h (from one a day to 100000/s)"
+
+
 def parse_rate(value: Any) -> float | None:
-    """`20/s`, `600/m`, `5000/h`, or a number (per second)."""
+    """`20/s`, `600/m`, `5000/h`, or a number (per second); None when it is not one
+    or is outside MIN_RATE … MAX_RATE (a rate of 1e-300 would put the next message
+    past what a datetime holds)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value) if value > 0 else None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|m|min|h|hour)\s*", str(value))
-    if not m:
-        return None
-    per = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}[m.group(2)]
-    rate = float(m.group(1)) / per
-    return rate if rate > 0 else None
+        rate = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d{1,12}(?:\.\d{1,12})?)\s*/\s*(s|sec|m|min|h|hour)\s*", str(value))
+        if not m:
+            return None
+        rate = float(m.group(1)) / {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}[m.group(2)]
+    return rate if MIN_RATE <= rate <= MAX_RATE else None
 
 
 def parse_spec(payload: Any, config, project, *, origin: str = "http", base_dir: Path | None = None,
@@ -117,7 +123,7 @@ def parse_spec(payload: Any, config, project, *, origin: str = "http", base_dir:
             hint = did_you_mean(str(key), KEYS) or "keys: " + ", ".join(KEYS)
             raise CampaignError(400, f"unknown key {key!r} ({hint})", f"/{key}")
     site_id = payload.get("site", next(iter(config.sites)))
-    if site_id not in config.sites:
+    if not isinstance(site_id, str) or site_id not in config.sites:
         raise CampaignError(400, f"unknown site {site_id!r}", "/site")
     site = config.sites[site_id]
     channel = payload.get("channel", site.channel)
@@ -152,7 +158,7 @@ def parse_spec(payload: Any, config, project, *, origin: str = "http", base_dir:
             raise CampaignError(400, f"window: {exc}" if "HH:MM" in str(exc) else WINDOW_FORMAT, "/window") from exc
     rate = parse_rate(payload.get("rate", DEFAULT_RATE))
     if rate is None:
-        raise CampaignError(400, "rate must be messages per time, e.g. 20/s, 600/m or 5000/h", "/rate")
+        raise CampaignError(400, RATE_FORMAT, "/rate")
     budget = _budget(payload.get("budget"))
     name = payload.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip()):
@@ -220,6 +226,13 @@ def read_csv(text: str) -> list[tuple[str, dict, str | None]]:
     except csv.Error:
         dialect = csv.excel
     reader = csv.DictReader(io.StringIO(text), dialect=dialect)
+    try:
+        return _csv_rows(reader)
+    except csv.Error as exc:          # e.g. a field over the csv module's 128 KiB limit
+        raise CampaignError(400, f"CSV line {reader.line_num}: {exc}; check its quotes", "/csv") from exc
+
+
+def _csv_rows(reader: csv.DictReader) -> list[tuple[str, dict, str | None]]:
     columns = [c.strip().lower() for c in reader.fieldnames or []]
     if "phone" not in columns:
         raise CampaignError(400, f"the CSV needs a `phone` column (header: {', '.join(columns) or 'none'})", "/csv")
@@ -418,7 +431,7 @@ def update(daemon, key: str, payload: Any) -> dict:
     if "rate" in payload:
         rate = parse_rate(payload["rate"])
         if rate is None:
-            raise CampaignError(400, "rate must be messages per time, e.g. 20/s, 600/m or 5000/h", "/rate")
+            raise CampaignError(400, RATE_FORMAT, "/rate")
         fields["rate"] = rate
     if "budget" in payload:
         budget = _budget(payload["budget"])

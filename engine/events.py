@@ -10,10 +10,12 @@ from datetime import datetime, timezone
 from collections.abc import Mapping
 from typing import Any
 
+from engine.bounds import MAX_INT, MIN_INT, text_problem
 from engine.errors import EventError
 
 _TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ALLOWED_KEYS = {"type", "site", "id", "time", "data", "previous"}
+MAX_ID = 500          # characters of an event id (a shop's order id, a mail's Message-ID, a hook's id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +60,12 @@ def parse_time(value: Any, pointer: str, default_tz=timezone.utc) -> datetime:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError as exc:
         raise EventError(f"{value!r} is not an ISO 8601 time, e.g. 2026-11-27T10:00:00+03:00", pointer) from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=default_tz)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=default_tz)
+    try:        # 0001-01-01T00:00+05:00 is before year 1 in UTC: no datetime (nor epoch) holds it
+        parsed.astimezone(timezone.utc).timestamp()
+    except (OverflowError, ValueError) as exc:
+        raise EventError(f"{value!r} is out of range: times go from year 1 to 9999 (UTC)", pointer) from exc
+    return parsed
 
 
 def parse_event(obj: Any, *, default_site: str, known_sites: Mapping | None = None,
@@ -91,6 +98,10 @@ def parse_event(obj: Any, *, default_site: str, known_sites: Mapping | None = No
         event_id = "h" + hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
     elif not isinstance(event_id, (str, int)) or isinstance(event_id, bool) or str(event_id) == "":
         raise EventError("id must be a non-empty string", f"{pointer}/id")
+    elif isinstance(event_id, str) and (problem := text_problem(event_id, max_length=MAX_ID, controls=True)):
+        raise EventError(f"id {problem}; send the source's own id as text", f"{pointer}/id")
+    elif isinstance(event_id, int) and not MIN_INT <= event_id <= MAX_INT:
+        raise EventError(f"id is out of range ({MIN_INT} to {MAX_INT}); send it as a string", f"{pointer}/id")
     return Event(event_type, data, site, str(event_id), when, previous, id_given)
 
 

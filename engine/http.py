@@ -12,31 +12,48 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+import starlette.responses
 from starlette.routing import Route
 
+from engine import bounds
 from engine.errors import EventError, HeraldError
 from engine.events import parse_time
 
 log = logging.getLogger("herald.http")
 
 
+class JSONResponse(starlette.responses.JSONResponse):
+    """Starlette's, but always encodable: a lone surrogate in a string (an id or a
+    pointer echoed from a refused request, an old row) is written as its JSON escape
+    `\\udXXX` instead of failing the answer with UnicodeEncodeError."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None,
+                          separators=(",", ":")).encode("utf-8", "backslashreplace")
+
+
 class ApiError(HeraldError):
-    def __init__(self, status: int, message: str, pointer: str | None = None):
+    """A 4xx/5xx answer: the message says what to do; `pointer` is where in the body,
+    `parameter` which query or path parameter."""
+
+    def __init__(self, status: int, message: str, pointer: str | None = None, *, parameter: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.pointer = status, message, pointer
+        self.status, self.message, self.pointer, self.parameter = status, message, pointer, parameter
 
     def response(self) -> JSONResponse:
         body: dict[str, Any] = {"error": self.message}
         if self.pointer is not None:
             body["pointer"] = self.pointer
+        if self.parameter is not None:
+            body["parameter"] = self.parameter
         return JSONResponse(body, status_code=self.status)
 
 
@@ -63,6 +80,12 @@ def _authorize(request: Request, daemon) -> None:
         raise ApiError(401, "the bearer token is not valid")
 
 
+def route_of(request: Request) -> str:
+    """The route's path template (`/bsg/callback/{secret}`), never the path as sent."""
+    route = request.scope.get("route")
+    return getattr(route, "path", "?")
+
+
 def too_large(limit: int, setting: str = "http.max_body") -> ApiError:
     """413 that names the limit and where it is set."""
     return ApiError(413, f"the body is over the limit of {limit} bytes ({setting})")
@@ -70,18 +93,73 @@ def too_large(limit: int, setting: str = "http.max_body") -> ApiError:
 
 async def _json_body(request: Request, limit: int, setting: str = "http.max_body") -> Any:
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
+    if length and length.isascii() and length.isdigit() and int(length) > limit:
         raise too_large(limit, setting)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise too_large(limit, setting)
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise ApiError(400, f"the body is not valid JSON{where}", "") from exc
+    return bounds.loads(bytes(body))        # EventError (a 400 with the pointer) when out of bounds
+
+
+def query_int(request: Request, name: str, default: int | None, low: int = 0,
+              high: int = bounds.MAX_INT) -> int | None:
+    """A whole-number query parameter within [low, high]; a 400 naming it otherwise."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not _WHOLE.fullmatch(text.strip()) or not low <= int(text) <= high:
+        raise ApiError(400, f"{name} must be a whole number from {low} to {high}", parameter=name)
+    return int(text)
+
+
+_WHOLE = re.compile(r"-?[0-9]{1,19}")      # at most 19 digits: int() never reads a huge one
+
+
+def query_text(request: Request, name: str, max_length: int = 200) -> str | None:
+    """A text query parameter: bounded, without control characters; a 400 naming it otherwise."""
+    text = request.query_params.get(name)
+    if text is not None:
+        problem = bounds.text_problem(text, max_length=max_length)
+        if problem:
+            raise ApiError(400, f"{name} {problem}", parameter=name)
+    return text
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def path_name(request: Request, name: str) -> str:
+    """A path parameter that is a name (an entity type): letters, digits, `_`."""
+    value = request.path_params[name]
+    if not _NAME.fullmatch(value):
+        raise ApiError(400, f"{name} {value!r} is not a name: use letters, digits and _ (e.g. order)",
+                       parameter=name)
+    return value
+
+
+def path_key(request: Request, name: str = "id") -> str | int:
+    """A path parameter that is Herald's own id or a name (a message's id or reference,
+    a campaign's id or name): digits become an int within 64 bits; other text as
+    `path_text`."""
+    value = request.path_params[name]
+    if value.isascii() and value.isdigit():
+        if len(value) > 19 or int(value) > bounds.MAX_INT:
+            raise ApiError(400, f"{name} {value[:25]}… is out of range: ids go up to {bounds.MAX_INT}",
+                           parameter=name)
+        return int(value)
+    return path_text(request, name)
+
+
+def path_text(request: Request, name: str = "id", max_length: int = 200) -> str:
+    """A path parameter that is someone else's id (an order's, `0042` stays `0042`):
+    at most `max_length` characters, no control characters."""
+    value = request.path_params[name]
+    problem = bounds.text_problem(value, max_length=max_length)
+    if problem:
+        raise ApiError(400, f"{name} {problem}", parameter=name)
+    return value
 
 
 def create_app(daemon) -> Starlette:
@@ -97,6 +175,16 @@ def create_app(daemon) -> Starlette:
                 return exc.response()
             except EventError as exc:
                 return JSONResponse(exc.as_json(), status_code=400)
+            except ClientDisconnect:       # gone while sending its body: nobody reads an answer
+                log.info("%s %s: the client left before its body was read", request.method, route_of(request))
+                return JSONResponse({"error": "the request body was cut off"}, status_code=400)
+            except Exception:
+                # the last resort: a bug, not the request's fault (the fuzz suite treats this
+                # as a failure). Logged once with the traceback and the route's template (the
+                # path as sent may hold the callback secret); the answer names no detail.
+                log.exception("%s %s (%s) failed", request.method, route_of(request), fn.__name__)
+                return JSONResponse({"error": "internal error: Herald could not answer this request; "
+                                              "its log has the details"}, status_code=500)
         return handler
 
     async def post_events(request: Request):
@@ -113,22 +201,19 @@ def create_app(daemon) -> Starlette:
 
     async def list_messages(request: Request):
         q = request.query_params
-        try:
-            limit = min(int(q.get("limit", 50)), 500)
-            before = int(q["before"]) if "before" in q else None
-        except ValueError as exc:
-            raise ApiError(400, "limit and before must be whole numbers") from exc
-        since = parse_time(q["since"], "since") if "since" in q else None
+        limit = min(query_int(request, "limit", 50, 1), 500)      # more than a page reads as a page
+        before = query_int(request, "before", None, 1)
+        since = _query_time(request, "since")
+        state, phone, rule, event = (query_text(request, name) for name in ("status", "phone", "rule", "event"))
         rows = await daemon.db(lambda: daemon.store.messages(
-            state=q.get("status"), phone=q.get("phone"), rule=q.get("rule"), event=q.get("event"),
-            since=since, limit=limit, before_id=before))
+            state=state, phone=phone, rule=rule, event=event, since=since, limit=limit, before_id=before))
         body: dict[str, Any] = {"messages": rows}
         if len(rows) == limit and rows:
             body["next"] = f"/messages?{_next_query(q, rows[-1]['id'])}"
         return JSONResponse(body)
 
     async def get_message(request: Request):
-        key = request.path_params["id"]
+        key = path_key(request)
         trace = await daemon.db(daemon.store.message_trace, key)
         if trace is None:
             raise ApiError(404, f"no message {key}")
@@ -145,19 +230,20 @@ def create_app(daemon) -> Starlette:
         from engine.timeline import UnknownEntity
         payload = await _json_body(request, daemon.config.http.max_body)
         try:
-            results = await order_send(daemon, request.path_params["id"], payload)
+            results = await order_send(daemon, path_text(request), payload)
         except UnknownEntity as exc:
             raise ApiError(404, str(exc)) from exc
         return JSONResponse(send_answer(results), status_code=202)
 
     async def get_timeline(request: Request):
         from engine.timeline import UnknownEntity, build_timeline
-        site = request.query_params.get("site") or next(iter(daemon.config.sites))
+        entity_type, entity_id = path_name(request, "type"), path_text(request)
+        site = query_text(request, "site") or next(iter(daemon.config.sites))
         if site not in daemon.config.sites:
-            raise ApiError(400, f"unknown site {site!r}; configured sites: {', '.join(daemon.config.sites)}")
+            raise ApiError(400, f"unknown site {site!r}; configured sites: {', '.join(daemon.config.sites)}",
+                           parameter="site")
         try:
-            timeline = await daemon.db(build_timeline, daemon.store, request.path_params["type"],
-                                       request.path_params["id"], site)
+            timeline = await daemon.db(build_timeline, daemon.store, entity_type, entity_id, site)
         except UnknownEntity as exc:
             raise ApiError(404, str(exc)) from exc
         return JSONResponse(timeline)
@@ -278,7 +364,9 @@ def create_app(daemon) -> Starlette:
               methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),       # reports of one endpoint (backup1 …)
         *audience_routes(daemon, endpoint),      # subscriptions, incoming SMS, campaigns
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    app.router.redirect_slashes = False     # /messages/ is no endpoint: a JSON 404, not a bare 307
+    return app
 
 
 def _receipts(payload: Any) -> list[dict]:
@@ -305,6 +393,17 @@ def _receipts(payload: Any) -> list[dict]:
         if alt is not None and not isinstance(alt, (list, dict)):
             raise ApiError(400, "alt_route must be a list of {channel, id, status, price}", f"{at}/alt_route")
     return items
+
+
+def _query_time(request: Request, name: str):
+    """An ISO 8601 time query parameter (a 400 naming it when it is not one)."""
+    text = query_text(request, name, 64)
+    if text is None:
+        return None
+    try:
+        return parse_time(text, name)
+    except EventError as exc:
+        raise ApiError(400, f"{name}: {exc.message}", parameter=name) from exc
 
 
 def _next_query(q, last_id: int) -> str:

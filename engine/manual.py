@@ -32,7 +32,7 @@ def build_send(payload: Any, daemon, default_to: tuple[Recipient, ...] = ()) -> 
     if text is not None and not isinstance(text, str):
         raise EventError("text must be a string", "/text")
     site = payload.get("site", next(iter(daemon.config.sites)))
-    if site not in daemon.config.sites:
+    if not isinstance(site, str) or site not in daemon.config.sites:
         raise EventError(f"unknown site {site!r}", "/site")
     sender = payload.get("sender")
     if sender is not None and sender not in (*daemon.config.senders.sms, *daemon.config.senders.viber):

@@ -49,6 +49,8 @@ def parse_filter(payload: Any) -> ReplayFilter:
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         if ids:
             raise EventError("expected a list of message ids (numbers)", "/ids")
+    if len(ids) > MAX_REPLAY:
+        raise EventError(f"at most {MAX_REPLAY} ids at a time: send the rest in another request", "/ids")
     rule = payload.get("rule")
     if rule is not None and not isinstance(rule, str):
         raise EventError("expected a rule name (a string)", "/rule")
@@ -56,7 +58,7 @@ def parse_filter(payload: Any) -> ReplayFilter:
         raise EventError("say which messages: give `since`, `rule` or `ids` (a replay of everything that "
                          "ever failed is rarely what you want)", "")
     return ReplayFilter(
-        states=states,
+        states=tuple(dict.fromkeys(states)),        # ["failed"] * 100000 is one state, not 100000 variables
         since=parse_time(payload["since"], "/since") if payload.get("since") is not None else None,
         until=parse_time(payload["until"], "/until") if payload.get("until") is not None else None,
         rule=rule, ids=tuple(ids), dry_run=bool(payload.get("dry_run", False)), now=bool(payload.get("now", False)))

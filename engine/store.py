@@ -14,6 +14,7 @@ every method is synchronous.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -34,6 +35,17 @@ FINAL_STATES = ("delivered", "failed", "expired", "skipped", "cancelled", "undel
 
 def _now() -> float:
     return time.time()
+
+
+_ENTITY_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _json_path(entity_type: str, field: str) -> str:
+    """`$."order"."id"`: an entity type goes into a JSON path only as a checked name, quoted
+    (a `.`, `[`, `"` or NUL in it would change the path or break it)."""
+    if not _ENTITY_TYPE.fullmatch(entity_type):
+        raise ValueError(f"{entity_type!r} is not an entity type (letters, digits and _)")
+    return f'$."{entity_type}"."{field}"'
 
 
 def to_epoch(when: datetime) -> float:
@@ -776,7 +788,7 @@ class Store:
         data.TYPE.id is the id — for an order also those whose data.shipment.order_id is
         (a shipment's events are its order's). A scan of the journal: timelines are read
         by people, one at a time."""
-        paths = [f"$.{entity_type}.id"] + (["$.shipment.order_id"] if entity_type == "order" else [])
+        paths = [_json_path(entity_type, "id")] + (["$.shipment.order_id"] if entity_type == "order" else [])
         match = " OR ".join("CAST(json_extract(data, ?) AS TEXT) = ?" for _ in paths)
         params = [p for path in paths for p in (path, str(entity_id))]
         with self._lock:
@@ -788,19 +800,19 @@ class Store:
         """The id of the entity whose data.TYPE.number is `number` (an order's public
         number, e.g. A-42, is not its id): from the latest event that says so, else from
         the kept states. None when no event or state carries that number."""
+        id_path, number_path = _json_path(entity_type, "id"), _json_path(entity_type, "number")
         with self._lock:
             row = self._execute(
                 "SELECT CAST(json_extract(data, ?) AS TEXT) FROM events WHERE site = ? "
                 "AND CAST(json_extract(data, ?) AS TEXT) = ? AND json_extract(data, ?) IS NOT NULL "
                 "ORDER BY seq DESC LIMIT 1",
-                (f"$.{entity_type}.id", site, f"$.{entity_type}.number", number, f"$.{entity_type}.id")).fetchone()
+                (id_path, site, number_path, number, id_path)).fetchone()
             if row is None:
                 row = self._execute(
                     "SELECT CAST(json_extract(data, ?) AS TEXT) FROM entities WHERE key LIKE ? ESCAPE '\\' "
                     "AND CAST(json_extract(data, ?) AS TEXT) = ? AND json_extract(data, ?) IS NOT NULL "
                     "ORDER BY updated_at DESC LIMIT 1",
-                    (f"$.{entity_type}.id", _like(entity_type) + ":%@" + _like(site), f"$.{entity_type}.number",
-                     number, f"$.{entity_type}.id")).fetchone()
+                    (id_path, _like(entity_type) + ":%@" + _like(site), number_path, number, id_path)).fetchone()
         return row[0] if row else None
 
     def timeline_messages(self, entity_key: str, event_ids: Sequence[str]) -> list[dict]:

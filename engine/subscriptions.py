@@ -187,7 +187,7 @@ def _list(payload: Mapping, config, *, required: bool = True) -> str | None:
 
 def _site(payload: Mapping, config) -> str:
     site = payload.get("site", next(iter(config.sites)))
-    if site not in config.sites:
+    if not isinstance(site, str) or site not in config.sites:
         raise SubscriptionError(400, f"unknown site {site!r}", "/site")
     return site
 
