@@ -214,3 +214,105 @@ def test_sighup_with_a_deep_rule_keeps_the_daemon_and_its_rules_and_logs_the_loc
         assert proc.returncode == 0
     finally:
         proc.kill()
+
+
+# ---- issue #12 item 6: a password inside a connector URL ------------------------------------------
+
+PASSWORD = "pw-7f3a9c"
+CONNECTOR = f"""connectors:
+  - type: sql
+    name: shop
+    url: mysql+pymysql://herald:{PASSWORD}@127.0.0.1:{{port}}/shop
+    interval: 60
+    sources: [{{{{name: orders, table: b_sale_order, key: ID, cursor: ID, event: order.created, map: {{{{order.id: ID}}}}}}}}]
+"""
+
+
+def test_a_plain_text_password_in_a_connector_url_is_warned_about_without_the_password(tmp_path):
+    from engine.config import Secret, load_config
+
+    path = tmp_path / "herald.yaml"
+    path.write_text(CONNECTOR.format(port=3306))
+    config = load_config(path, env={})
+    [warning] = config.warnings
+    assert warning.headline() == (f"{path}:4:10: warning: connectors[0].url holds a password written in the "
+                                  "config file in plain text")
+    assert PASSWORD not in warning.format() and warning.source_line is None
+    assert isinstance(config.connectors[0].options["url"], Secret)
+    # through !env, or without a password, nothing to warn about
+    path.write_text(CONNECTOR.format(port=3306).replace(f"mysql+pymysql://herald:{PASSWORD}@127.0.0.1:3306/shop",
+                                                        "!env SHOP_DB_URL"))
+    assert load_config(path, env={"SHOP_DB_URL": f"mysql+pymysql://h:{PASSWORD}@db/shop"}).warnings == ()
+    path.write_text("connectors:\n  - {type: sql, url: 'sqlite:///shop.db', note: 'http://a@b/c'}\n")
+    assert load_config(path, env={}).warnings == ()
+
+
+def test_the_daemon_warns_about_the_url_password_and_never_logs_it(tmp_path):
+    port = free_port()
+    closed = free_port()                 # nothing listens: the connector's polls fail and are logged
+    config = write_project(tmp_path, f"on order.created {SEND}\n", port=port, extra=CONNECTOR.format(port=closed))
+    proc = start_daemon(config)
+    try:
+        out = _read_until(proc, "herald ready")
+        wait_http(f"http://127.0.0.1:{port}/health")
+        health = httpx.get(f"http://127.0.0.1:{port}/health").text
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    out += rest
+    assert "connectors[0].url holds a password written in the config file in plain text" in out, out
+    assert PASSWORD not in out and PASSWORD not in health
+
+
+# ---- config loading: every crash the fuzzer found, as a located error ------------------------------
+
+def _config_errors(tmp_path, text: str, env: dict | None = None) -> list[str]:
+    from engine.config import load_config
+    from engine.errors import ConfigError
+
+    path = tmp_path / "h.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env=env or {})
+    return [d.headline().replace(f"{path}", "h.yaml") for d in err.value.diagnostics if d.is_error]
+
+
+LAUGHS = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("sites: " + "[" * 3000 + "]" * 3000 + "\n", "h.yaml:1:40: error: the config nests more than 32 levels deep"),
+    ("".join(f"a{i}: &a{i} [*a{i - 1}]\n" if i else "a0: &a0 [1]\n" for i in range(60)),
+     "error: the config nests more than 32 levels deep (counting what its aliases hold)"),
+    (LAUGHS, "h.yaml:1:1: error: the config holds more than 100000 values once its aliases are expanded"),
+    ("bsg: {rate: " + "9" * 5000 + "}\n", "h.yaml:1:13: error: invalid YAML: cannot read this value: a number "
+                                          "with too many digits"),
+    ("bsg: {rate: !!float x}\n", "h.yaml:1:13: error: invalid YAML: cannot read this value"),
+    ("bsg: {timeout: 2001-02-30}\n", "h.yaml:1:16: error: invalid YAML: cannot read this value: day is out of range"),
+    ("? [1, [2]]\n: 3\n", "h.yaml:1:1: error: invalid YAML: cannot read a mapping: unhashable type"),
+    ('sites: {s1: {name: "\\ud800"}}\n', "h.yaml:1:20: error: a string holds a lone surrogate"),
+    ("bsg: {timeout: 99999999999999999999h}\n", "h.yaml:1:16: error: bsg.timeout: a duration is at most 36500d"),
+    ("bsg: {timeout: 1e999}\n", "h.yaml:1:16: error: bsg.timeout: a duration is at most 36500d"),
+    ("bsg: {rate: .nan}\n", "h.yaml:1:13: error: bsg.rate: expected a positive number of requests per second, got nan"),
+    ("bsg: {rate: .inf}\n", "h.yaml:1:13: error: bsg.rate: expected a positive number of requests per second, got inf"),
+])
+def test_config_inputs_that_crashed_the_loader_are_located_errors(tmp_path, text, expected):
+    errors = _config_errors(tmp_path, text)
+    assert any(expected in e for e in errors), errors
+
+
+def test_a_lone_surrogate_in_the_environment_is_a_located_error_without_the_value(tmp_path):
+    errors = _config_errors(tmp_path, "sites: {s1: {name: !env NAME}}\n", {"NAME": "shop\udcff"})
+    assert errors == ["h.yaml:1:20: error: sites.s1.name: the value of !env NAME is not valid UTF-8 text"]
+
+
+def test_control_characters_are_located(tmp_path):
+    from engine.config import _load_text
+    from engine.errors import ConfigError
+    from pathlib import Path
+
+    with pytest.raises(ConfigError) as err:
+        _load_text("sites:\n  s1: {name: a\x00b}\n", "h.yaml", Path(tmp_path / "h.yaml"), {})
+    assert err.value.diagnostics[0].headline() == "h.yaml:2:15: error: invalid YAML: U+0000 is not allowed in a YAML file"
