@@ -373,6 +373,7 @@ def _yaml() -> YAML:
     y = YAML(typ="rt")
     y.Constructor = _Constructor
     y.max_depth = MAX_CONFIG_DEPTH + 1      # the composer recurses per level: stop it early, located
+    y.composer.warn_double_anchors = False   # legal YAML; ruamel's warning would go to stderr
     return y
 
 
