@@ -369,6 +369,79 @@ for _tag, _construct in list(RoundTripConstructor.yaml_constructors.items()):
         _Constructor.add_constructor(_tag, _located_constructor(_construct))
 
 
+class _Oversized(MarkedYAMLError):
+    """The document is too deep or too big, or holds a lone surrogate: `problem` says which."""
+
+    def __init__(self, problem: str, mark: Any, hint: str):
+        super().__init__(problem=problem, problem_mark=mark)
+        self.hint = hint
+
+
+def _check_nodes(root: Any) -> None:
+    """Before anything is constructed (ruamel's constructor hashes keys and formats
+    duplicate-key errors with the whole value): one pass without recursion over the distinct
+    nodes. Aliases may not nest deeper than MAX_CONFIG_DEPTH nor expand past
+    MAX_CONFIG_VALUES values, no alias may sit inside its own anchor, and no string may hold
+    a lone surrogate (a "\\ud800" escape)."""
+    from ruamel.yaml.nodes import CollectionNode, MappingNode, ScalarNode
+
+    def children(node: Any) -> list:
+        if isinstance(node, MappingNode):
+            return [n for pair in node.value for n in pair]
+        return list(node.value) if isinstance(node, CollectionNode) else []
+
+    def check_text(node: Any) -> None:
+        if isinstance(node, ScalarNode) and isinstance(node.value, str) and _has_surrogate(node.value):
+            raise _Oversized("a string holds a lone surrogate, which is not a character", node.start_mark,
+                             "write the character itself (the file is UTF-8), not a \\ud800-style escape")
+
+    check_text(root)
+    sized: dict[int, tuple[int, int, Any]] = {}        # id → (height, expanded size, deepest mark)
+    inside: set[int] = set()                           # being walked: an alias to one is a cycle
+    stack: list[tuple[Any, bool]] = [(root, False)] if isinstance(root, CollectionNode) else []
+    while stack:
+        node, done = stack.pop()
+        if done:
+            inside.discard(id(node))
+            height, size, deepest = 1, 1, node.start_mark
+            for child in children(node):
+                if isinstance(child, CollectionNode):
+                    h, n, d = sized[id(child)]
+                    if h + 1 > height:
+                        height, deepest = h + 1, d
+                    size += n
+                else:
+                    size += 1
+            if size > MAX_CONFIG_VALUES:
+                raise _Oversized(f"the config holds more than {MAX_CONFIG_VALUES} values once its aliases are "
+                                 "expanded", node.start_mark,
+                                 "use aliases (*name) for shared settings, not to multiply them")
+            if height > MAX_CONFIG_DEPTH:
+                raise _Oversized(f"the config nests more than {MAX_CONFIG_DEPTH} levels deep (counting what "
+                                 "its aliases hold)", deepest, "no Herald setting needs that many")
+            sized[id(node)] = (height, size, deepest)
+            continue
+        if id(node) in sized:
+            continue
+        inside.add(id(node))
+        stack.append((node, True))
+        for child in children(node):
+            if id(child) in inside:
+                raise _Oversized("an alias refers to a mapping or list it is inside of", child.start_mark,
+                                 "an alias may only repeat a finished mapping or list")
+            check_text(child)
+            if isinstance(child, CollectionNode) and id(child) not in sized:
+                stack.append((child, False))
+
+
+def _construct_document(self: RoundTripConstructor, node: Any) -> Any:
+    _check_nodes(node)
+    return RoundTripConstructor.construct_document(self, node)
+
+
+_Constructor.construct_document = _construct_document
+
+
 def _yaml() -> YAML:
     y = YAML(typ="rt")
     y.Constructor = _Constructor
@@ -449,19 +522,6 @@ def _url_password(text: str) -> bool:
         return bool(urlsplit(text.strip()).password)
     except ValueError:                  # e.g. a bad [IPv6] host: not a URL we can read
         return False
-
-
-def _children_of(node: Any, reader: "_Reader") -> list[tuple[Any, Location | None]]:
-    """A mapping's keys and values, a list's items, each with its place when ruamel knows it."""
-    out: list[tuple[Any, Location | None]] = []
-    if isinstance(node, CommentedMap):
-        for key in node:
-            out.append((key, reader._lc(node.lc.key, key)))
-            out.append((node[key], reader._lc(node.lc.value, key)))
-    elif isinstance(node, CommentedSeq):
-        for i, item in enumerate(node):
-            out.append((item, reader._lc(node.lc.item, i)))
-    return out
 
 
 # --------------------------------------------------------------------------- the reader
@@ -578,57 +638,6 @@ class _Reader:
             self.error(f"{v.path}: expected a mapping of keys, got {self.what(raw, origin)}", v.loc)
             return None
         return v
-
-    # ---- the whole tree, before any walk
-
-    def check_tree(self, root: Any) -> bool:
-        """One pass without recursion over the distinct nodes: no string holds a lone
-        surrogate, aliases neither nest deeper than MAX_CONFIG_DEPTH nor expand past
-        MAX_CONFIG_VALUES values. False (reported) when the tree must not be walked."""
-        sized: dict[int, tuple[int, int, Location | None]] = {}   # id → (height, expanded size, deepest place)
-        stack: list[tuple[Any, Location | None, bool]] = [(root, Location(self.file, 1, 1), False)]
-        ok, inside = True, set()       # inside: the nodes being walked (an alias to one is a cycle)
-        while stack:
-            node, loc, done = stack.pop()
-            if done:
-                inside.discard(id(node))
-                height, size, deepest = 1, 1, loc
-                for child, _ in _children_of(node, self):
-                    if isinstance(child, (CommentedMap, CommentedSeq)):
-                        h, n, d = sized[id(child)]
-                        height, deepest = (h + 1, d) if h + 1 > height else (height, deepest)
-                        size += n
-                    else:
-                        size += 1
-                sized[id(node)] = (height, min(size, MAX_CONFIG_VALUES + 1), deepest)
-                continue
-            if id(node) in sized:
-                continue
-            inside.add(id(node))
-            stack.append((node, loc, True))
-            for child, child_loc in _children_of(node, self):
-                if id(child) in inside:
-                    self.error("an alias refers to a mapping or list it is inside of", child_loc or loc,
-                               "an alias may only repeat a finished mapping or list")
-                    return False
-                if isinstance(child, str) and _has_surrogate(child):
-                    self.error("a string holds a lone surrogate, which is not a character", child_loc or loc,
-                               "write the character itself (the file is UTF-8), not a \\ud800-style escape")
-                    ok = False
-                elif isinstance(child, (CommentedMap, CommentedSeq)) and id(child) not in sized:
-                    stack.append((child, child_loc or loc, False))
-        if not isinstance(root, (CommentedMap, CommentedSeq)):
-            return ok
-        height, size, deepest = sized[id(root)]
-        if height > MAX_CONFIG_DEPTH:
-            self.error(f"the config nests more than {MAX_CONFIG_DEPTH} levels deep (counting what its aliases "
-                       "hold)", deepest, "no Herald setting needs that many")
-            ok = False
-        if size > MAX_CONFIG_VALUES:
-            self.error(f"the config holds more than {MAX_CONFIG_VALUES} values once its aliases are expanded",
-                       Location(self.file, 1, 1), "use aliases (*name) for shared settings, not to multiply them")
-            ok = False
-        return ok
 
     # ---- tags and secrets
 
@@ -1531,6 +1540,10 @@ def _load_text(text: str, display: str, abspath: Path, env: Mapping[str, str],
     reader = _Reader(display, abspath.parent, text.splitlines(), env, lenient)
     try:
         data = _yaml().load(text)
+    except _Oversized as exc:
+        mark = exc.problem_mark
+        reader.error(exc.problem, Location(display, mark.line + 1, mark.column + 1), exc.hint)
+        raise ConfigError(reader.sink.items) from exc
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(display, mark.line + 1, mark.column + 1) if mark else Location(display)
@@ -1549,8 +1562,6 @@ def _load_text(text: str, display: str, abspath: Path, env: Mapping[str, str],
         raise ConfigError(reader.sink.items) from exc
     except YAMLError as exc:
         raise ConfigError([_reader_problem(exc, text, display)]) from exc
-    if not reader.check_tree(data):
-        raise ConfigError(reader.sink.items)
     return reader.build(data, abspath)
 
 

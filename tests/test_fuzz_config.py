@@ -9,7 +9,7 @@ aliases, merge keys, a billion-laughs alias bomb, deep nesting, huge numbers, YA
 
 from __future__ import annotations
 
-import re
+import time
 from pathlib import Path
 
 import pytest
@@ -148,14 +148,28 @@ def mutated(draw) -> tuple[str, bool]:
     return "\n".join(lines), draw(st.booleans())
 
 
+slowest: list[tuple[float, str]] = [(0.0, "")]
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz-config")
     (root / "secrets.yaml").write_text(SECRETS, encoding="utf-8")
-    return root
+    yield root
+    print(f"\nslowest config input: {slowest[0][0] * 1000:.0f} ms ({len(slowest[0][1])} characters)")
 
 
 def loads_or_locates(folder: Path, text: str, raw: bool) -> None:
+    started = time.perf_counter()
+    try:
+        _loads_or_locates(folder, text, raw)
+    finally:
+        elapsed = time.perf_counter() - started
+        if elapsed > slowest[0][0]:
+            slowest[0] = (elapsed, text)
+
+
+def _loads_or_locates(folder: Path, text: str, raw: bool) -> None:
     path = folder / "herald.yaml"
     path.write_bytes(text.encode("utf-8", "surrogatepass" if raw else "replace"))
     try:

@@ -286,7 +286,8 @@ LAUGHS = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".joi
     ("sites: " + "[" * 3000 + "]" * 3000 + "\n", "h.yaml:1:40: error: the config nests more than 32 levels deep"),
     ("".join(f"a{i}: &a{i} [*a{i - 1}]\n" if i else "a0: &a0 [1]\n" for i in range(60)),
      "error: the config nests more than 32 levels deep (counting what its aliases hold)"),
-    (LAUGHS, "h.yaml:1:1: error: the config holds more than 100000 values once its aliases are expanded"),
+    (LAUGHS, "h.yaml:5:5: error: the config holds more than 100000 values once its aliases are expanded"),
+    ("a: &a [1, 2]\nb: {? *a : 1}\n" + LAUGHS + "c: {x: *a9, x: *a9}\n", "the config holds more than 100000 values"),
     ("bsg: {rate: " + "9" * 5000 + "}\n", "h.yaml:1:13: error: invalid YAML: cannot read this value: a number "
                                           "with too many digits"),
     ("bsg: {rate: !!float x}\n", "h.yaml:1:13: error: invalid YAML: cannot read this value"),
