@@ -331,7 +331,7 @@ _Constructor.add_constructor(None, _construct_tag)   # any other tag: reported l
 # Bounds on the tree (docs/configuration.md "Limits"): Herald's own walks, and the connectors'
 # walks of their options, stay shallow and small however the YAML nests or aliases.
 MAX_CONFIG_DEPTH = 32
-MAX_CONFIG_VALUES = 100_000             # values, with every alias expanded (a "billion laughs" stops here)
+MAX_CONFIG_VALUES = 10_000             # values, with every alias expanded (a "billion laughs" stops here)
 
 
 def _located_constructor(construct: Any) -> Any:
@@ -827,6 +827,9 @@ class _Reader:
             return default
         if isinstance(raw, float) and not math.isfinite(raw):      # .inf, .nan, 1e999
             self.error(f"{v.path}: expected {what}, got {'the value of ' + origin if origin else raw}", v.loc)
+            return default
+        if not integer and isinstance(raw, int) and abs(raw) > 1e300:   # float() would overflow
+            self.error(f"{v.path}: expected {what}, got a number too large to use", v.loc)
             return default
         if (positive and raw <= 0) or (maximum is not None and raw > maximum):
             shown = f"the value of {origin}" if origin else str(_plain(raw))
