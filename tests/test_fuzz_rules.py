@@ -150,8 +150,13 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz-rules")
     (root / "templates.yaml").write_text(BASE_TEMPLATES, encoding="utf-8")
     config = _load_text(BASE_CONFIG, "herald.yaml", root / "herald.yaml", {})
-    yield config, load_templates(root / "templates.yaml")
-    print(f"\nslowest rule input: {slowest[0][0] * 1000:.0f} ms ({len(slowest[0][1])} characters)")
+    project = config, load_templates(root / "templates.yaml")
+    compiles_or_locates(SEEDS[0], project)      # warm up: the parser is built on first use
+    slowest[0] = (0.0, "")
+    yield project
+    kept = root / "slowest.rules"
+    kept.write_text(slowest[0][1], encoding="utf-8", errors="surrogatepass")
+    print(f"\nslowest rule input: {slowest[0][0] * 1000:.0f} ms ({len(slowest[0][1])} characters, kept in {kept})")
 
 
 class _Scope:
