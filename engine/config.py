@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import ipaddress
+import math
 import os
 import re
 import zoneinfo
@@ -327,10 +328,125 @@ _Constructor.add_constructor("!env", _construct_tag)
 _Constructor.add_constructor("!secret", _construct_tag)
 _Constructor.add_constructor(None, _construct_tag)   # any other tag: reported later
 
+# Bounds on the tree (docs/configuration.md "Limits"): Herald's own walks, and the connectors'
+# walks of their options, stay shallow and small however the YAML nests or aliases.
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_VALUES = 10_000             # values, with every alias expanded (a "billion laughs" stops here)
+
+
+def _located_constructor(construct: Any) -> Any:
+    """ruamel's constructors raise bare ValueError/TypeError (a 5,000-digit int, `!!float x`,
+    2001-02-30, a list as a mapping key): re-raise them as YAML errors with the node's mark."""
+    import inspect
+
+    def guarded(gen: Any, node: Any) -> Any:
+        try:
+            return (yield from gen)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise _constructor_error(exc, node) from exc
+
+    def located(self: RoundTripConstructor, node: Any) -> Any:
+        try:
+            result = construct(self, node)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise _constructor_error(exc, node) from exc
+        return guarded(result, node) if inspect.isgenerator(result) else result
+    return located
+
+
+def _constructor_error(exc: Exception, node: Any) -> MarkedYAMLError:
+    from ruamel.yaml.constructor import ConstructorError
+    text = str(exc).split(";")[0]
+    if "Exceeds the limit" in text:
+        text = "a number with too many digits"
+    tag = str(getattr(node, "tag", "") or "")
+    what = {"map": "a mapping", "seq": "a list", "set": "a set", "omap": "a mapping"}.get(tag.rsplit(":", 1)[-1])
+    return ConstructorError(None, None, f"cannot read {what or 'this value'}: {text}", node.start_mark)
+
+
+for _tag, _construct in list(RoundTripConstructor.yaml_constructors.items()):
+    if _tag not in ("!env", "!secret", None):
+        _Constructor.add_constructor(_tag, _located_constructor(_construct))
+
+
+class _Oversized(MarkedYAMLError):
+    """The document is too deep or too big, or holds a lone surrogate: `problem` says which."""
+
+    def __init__(self, problem: str, mark: Any, hint: str):
+        super().__init__(problem=problem, problem_mark=mark)
+        self.hint = hint
+
+
+def _check_nodes(root: Any) -> None:
+    """Before anything is constructed (ruamel's constructor hashes keys and formats
+    duplicate-key errors with the whole value): one pass without recursion over the distinct
+    nodes. Aliases may not nest deeper than MAX_CONFIG_DEPTH nor expand past
+    MAX_CONFIG_VALUES values, no alias may sit inside its own anchor, and no string may hold
+    a lone surrogate (a "\\ud800" escape)."""
+    from ruamel.yaml.nodes import CollectionNode, MappingNode, ScalarNode
+
+    def children(node: Any) -> list:
+        if isinstance(node, MappingNode):
+            return [n for pair in node.value for n in pair]
+        return list(node.value) if isinstance(node, CollectionNode) else []
+
+    def check_text(node: Any) -> None:
+        if isinstance(node, ScalarNode) and isinstance(node.value, str) and _has_surrogate(node.value):
+            raise _Oversized("a string holds a lone surrogate, which is not a character", node.start_mark,
+                             "write the character itself (the file is UTF-8), not a \\ud800-style escape")
+
+    check_text(root)
+    sized: dict[int, tuple[int, int, Any]] = {}        # id → (height, expanded size, deepest mark)
+    inside: set[int] = set()                           # being walked: an alias to one is a cycle
+    stack: list[tuple[Any, bool]] = [(root, False)] if isinstance(root, CollectionNode) else []
+    while stack:
+        node, done = stack.pop()
+        if done:
+            inside.discard(id(node))
+            height, size, deepest = 1, 1, node.start_mark
+            for child in children(node):
+                if isinstance(child, CollectionNode):
+                    h, n, d = sized[id(child)]
+                    if h + 1 > height:
+                        height, deepest = h + 1, d
+                    size += n
+                else:
+                    size += 1
+            if size > MAX_CONFIG_VALUES:
+                raise _Oversized(f"the config holds more than {MAX_CONFIG_VALUES} values once its aliases are "
+                                 "expanded", node.start_mark,
+                                 "use aliases (*name) for shared settings, not to multiply them")
+            if height > MAX_CONFIG_DEPTH:
+                raise _Oversized(f"the config nests more than {MAX_CONFIG_DEPTH} levels deep (counting what "
+                                 "its aliases hold)", deepest, "no Herald setting needs that many")
+            sized[id(node)] = (height, size, deepest)
+            continue
+        if id(node) in sized:
+            continue
+        inside.add(id(node))
+        stack.append((node, True))
+        for child in children(node):
+            if id(child) in inside:
+                raise _Oversized("an alias refers to a mapping or list it is inside of", child.start_mark,
+                                 "an alias may only repeat a finished mapping or list")
+            check_text(child)
+            if isinstance(child, CollectionNode) and id(child) not in sized:
+                stack.append((child, False))
+
+
+def _construct_document(self: RoundTripConstructor, node: Any) -> Any:
+    _check_nodes(node)
+    return RoundTripConstructor.construct_document(self, node)
+
+
+_Constructor.construct_document = _construct_document
+
 
 def _yaml() -> YAML:
     y = YAML(typ="rt")
     y.Constructor = _Constructor
+    y.max_depth = MAX_CONFIG_DEPTH + 1      # the composer recurses per level: stop it early, located
+    y.composer.warn_double_anchors = False   # legal YAML; ruamel's warning would go to stderr
     return y
 
 
@@ -388,6 +504,24 @@ def _plain(v: Any) -> Any:
     if isinstance(v, TaggedScalar):
         return v.value
     return v
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _url_password(text: str) -> bool:
+    """Does this look like a URL with a password in it (scheme://user:password@host)?"""
+    if "://" not in text or "@" not in text:
+        return False
+    try:
+        return bool(urlsplit(text.strip()).password)
+    except ValueError:                  # e.g. a bad [IPv6] host: not a URL we can read
+        return False
 
 
 # --------------------------------------------------------------------------- the reader
@@ -535,6 +669,9 @@ class _Reader:
                 self.error(f"{v.path}: environment variable {raw.name} is not set", v.loc,
                            unset_hint or f"set it before starting Herald: export {raw.name}=...")
                 return _MISSING, origin
+            if _has_surrogate(value):       # undecodable bytes in the environment (surrogateescape)
+                self.error(f"{v.path}: the value of {origin} is not valid UTF-8 text", v.loc, secret=True)
+                return _MISSING, origin
             return value, origin
         if self.lenient:
             path = self.base_dir / SECRETS_FILE
@@ -562,10 +699,11 @@ class _Reader:
             self.error(f'{v.path}: secret "{name}" is not in {path}', v.loc, hint)
             return _MISSING
         value = self._secrets[name]
-        if not isinstance(value, str):
+        if not isinstance(value, str) or _has_surrogate(value):
             where = self._secret_locs.get(name, Location(str(path)))
+            got = "text with a lone surrogate" if isinstance(value, str) else _what(value)
             self.error(f'secret "{name}" must be a string (write it in quotes), '
-                       f"got {_what(value)}", where, secret=True)
+                       f"got {got}", where, secret=True)
             return _MISSING
         return value
 
@@ -579,7 +717,7 @@ class _Reader:
             self._secrets_problem = f"{path} cannot be read ({type(exc).__name__})"
             return
         try:
-            data = YAML(typ="rt").load(text)
+            data = _yaml().load(text)
         except MarkedYAMLError as exc:
             mark = exc.problem_mark
             where = Location(str(path), mark.line + 1, mark.column + 1) if mark else Location(str(path))
@@ -686,6 +824,12 @@ class _Reader:
                 return default
         if _is_bool(raw) or not isinstance(raw, (int, float)) or (integer and not isinstance(raw, int)):
             self.error(f"{v.path}: expected {what}, got {self.what(raw, origin)}", v.loc)
+            return default
+        if isinstance(raw, float) and not math.isfinite(raw):      # .inf, .nan, 1e999
+            self.error(f"{v.path}: expected {what}, got {'the value of ' + origin if origin else raw}", v.loc)
+            return default
+        if not integer and isinstance(raw, int) and abs(raw) > 1e300:   # float() would overflow
+            self.error(f"{v.path}: expected {what}, got a number too large to use", v.loc)
             return default
         if (positive and raw <= 0) or (maximum is not None and raw > maximum):
             shown = f"the value of {origin}" if origin else str(_plain(raw))
@@ -899,11 +1043,18 @@ class _Reader:
         raw, origin = self.resolve(v)
         if raw is _MISSING or raw is None:
             return default
+        from grammar.compiler import MAX_DURATION, MAX_DURATION_TEXT, parse_duration
         if isinstance(raw, (int, float)) and not _is_bool(raw) and raw > 0:
+            if raw > MAX_DURATION.total_seconds():      # also .inf; a timedelta or deadline must hold it
+                self.error(f"{v.path}: a duration is at most {MAX_DURATION_TEXT}", v.loc)
+                return default
             return float(raw)
         if isinstance(raw, str) and re.fullmatch(r"(\d+(ms|s|m|h|d|w))+", raw.strip()):
-            from grammar.compiler import parse_duration
-            return parse_duration(raw.strip()).total_seconds()
+            try:
+                return parse_duration(raw.strip()).total_seconds()
+            except ValueError:
+                self.error(f"{v.path}: a duration is at most {MAX_DURATION_TEXT}", v.loc)
+                return default
         self.error(f"{v.path}: expected a duration such as 30s, 10m or 1h, got {self.what(raw, origin)}", v.loc)
         return default
 
@@ -1324,6 +1475,13 @@ class _Reader:
         if secretish and isinstance(value, str) and value:
             self._plain_secret_warning(v)
             return Secret(value)
+        if isinstance(value, str) and _url_password(value):
+            # mysql://user:PASSWORD@host/db written literally: warned like any plain-text secret,
+            # and held as a Secret so the log redaction knows the URL and its password
+            self.warning(f"{v.path} holds a password written in the config file in plain text", v.loc,
+                         "move the URL to an environment variable (!env NAME) or to secrets.yaml "
+                         "(!secret NAME)", secret=True)
+            return Secret(value)
         return value
 
 
@@ -1385,12 +1543,20 @@ def _load_text(text: str, display: str, abspath: Path, env: Mapping[str, str],
     reader = _Reader(display, abspath.parent, text.splitlines(), env, lenient)
     try:
         data = _yaml().load(text)
+    except _Oversized as exc:
+        mark = exc.problem_mark
+        reader.error(exc.problem, Location(display, mark.line + 1, mark.column + 1), exc.hint)
+        raise ConfigError(reader.sink.items) from exc
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(display, mark.line + 1, mark.column + 1) if mark else Location(display)
         hint = None
         if _problem(exc).startswith("duplicate key"):
             hint = "a key may appear only once in a mapping"
+        elif _problem(exc).startswith("maximum depth"):
+            reader.error(f"the config nests more than {MAX_CONFIG_DEPTH} levels deep", loc,
+                         "no Herald setting needs that many; check the brackets and indentation")
+            raise ConfigError(reader.sink.items) from exc
         elif exc.context and exc.context_mark is not None and exc.problem_mark is not None:
             what = re.sub(r"^while \w+ (an? )?", "", exc.context.strip())
             hint = (f"the {what} starts at line {exc.context_mark.line + 1}, "
@@ -1398,8 +1564,23 @@ def _load_text(text: str, display: str, abspath: Path, env: Mapping[str, str],
         reader.error(f"invalid YAML: {_problem(exc)}", loc, hint)
         raise ConfigError(reader.sink.items) from exc
     except YAMLError as exc:
-        raise ConfigError([Diagnostic(f"invalid YAML: {type(exc).__name__}", Location(display))]) from exc
+        raise ConfigError([_reader_problem(exc, text, display)]) from exc
     return reader.build(data, abspath)
+
+
+def _reader_problem(exc: YAMLError, text: str, display: str) -> Diagnostic:
+    """ruamel's ReaderError (a control character, a lone surrogate) carries an offset, not a mark."""
+    position = getattr(exc, "position", None)
+    if not isinstance(position, int) or not 0 <= position <= len(text):
+        return Diagnostic(f"invalid YAML: {type(exc).__name__}", Location(display))
+    line = text.count("\n", 0, position) + 1
+    col = position - (text.rfind("\n", 0, position) + 1) + 1
+    character = getattr(exc, "character", None)
+    if isinstance(character, str) and len(character) == 1:
+        character = ord(character)
+    what = f"U+{character:04X}" if isinstance(character, int) else "a character"
+    return Diagnostic(f"invalid YAML: {what} is not allowed in a YAML file", Location(display, line, col),
+                      hint="remove it; write special characters as escapes in double quotes (\"\\t\")")
 
 
 def default_config(base_dir: str | os.PathLike[str] | None = None) -> Config:

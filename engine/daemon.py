@@ -376,6 +376,10 @@ class Daemon:
                 (log.error if d.is_error else log.warning)("reload: %s", d.headline())
             log.error("reload failed: kept the running rules (%d)", len(self.project.rules))
             return False, [d.headline() for d in exc.diagnostics if d.is_error]
+        except Exception as exc:        # a bug of ours must not stop the daemon (SIGHUP) or the API
+            log.exception("reload failed: internal error (%s): kept the running rules (%d)",
+                          type(exc).__name__, len(self.project.rules))
+            return False, [f"internal error while loading ({type(exc).__name__}); see the daemon's log"]
         await self.db(self._swap, config, project)
         self.reloaded.set()
         self.events_wake.set()

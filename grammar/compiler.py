@@ -80,12 +80,39 @@ def _loc(builder: "RuleBuilder", token: Token) -> Location:
     return Location(builder.file, token.line, token.column)
 
 
+# ---- bounds (docs/rules.md "Limits") ------------------------------------------------------
+# Every rule that compiles can be evaluated, printed, hashed and stored: nothing in it is
+# deeper than Python's stack allows, bigger than an int converts, or later than a datetime holds.
+MAX_DEPTH = 32                        # levels of not/and/or/comparison/list in one condition
+MAX_STRING = 10_000                   # characters of one string literal
+MAX_DIGITS = 30                       # digits of one number literal
+MAX_PATH_PARTS = 16                   # parts of a field path or event type (a.b.c)
+MAX_PATH_CHARS = 256                  # characters of one field path
+MAX_DURATION = timedelta(days=36500)  # 100 years: now ± it is a datetime for centuries to come
+MAX_DURATION_TEXT = "36500d (100 years)"
+
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_MAX_DURATION_MS = MAX_DURATION // timedelta(milliseconds=1)
 
 
 def parse_duration(text: str) -> timedelta:
-    return timedelta(seconds=sum(int(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text)))
+    """`1h30m` → timedelta. Raises ValueError past MAX_DURATION (digits are checked before
+    any int conversion, so a 5,000-digit count costs nothing)."""
+    total = 0
+    for digits, unit in _DURATION_PART.findall(text):
+        digits = digits.lstrip("0") or "0"
+        if len(digits) > 15:
+            raise ValueError(_too_long(text))
+        total += int(digits) * _DURATION_MS[unit]
+        if total > _MAX_DURATION_MS:
+            raise ValueError(_too_long(text))
+    return timedelta(milliseconds=total)
+
+
+def _too_long(text: str) -> str:
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    return f"`{shown}` is too long: a duration is at most {MAX_DURATION_TEXT}"
 
 
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
@@ -113,6 +140,7 @@ class RuleBuilder(Transformer):
     def reset(self, file: str, text: str) -> None:
         self.file, self.problems, self.lines = file, [], text.split("\n")
         self.last_on: Token | None = None
+        self.oversized = False          # a token of the current rule broke a bound (see _bounded)
 
     def _error(self, message: str, token: Token, hint: str | None = None) -> _Placeholder:
         line = self.lines[token.line - 1] if 0 < token.line <= len(self.lines) else None
@@ -128,6 +156,9 @@ class RuleBuilder(Transformer):
         return _unquote(token), keyword
 
     def rule(self, items: list) -> Rule | _Placeholder:
+        if self.oversized:              # already reported; its stand-in tokens must not become a rule
+            self.oversized = False
+            return _Placeholder()
         name = None
         if isinstance(items[0], tuple):
             (name, name_token), items = items[0], items[1:]
@@ -154,7 +185,7 @@ class RuleBuilder(Transformer):
                 once = item[1]
             else:
                 actions.append(item)
-        parts = [trigger, condition, once, *actions]
+        parts = [trigger, condition, after, once, *actions]
         if any(isinstance(p, _Placeholder) for p in parts) or (once and any(isinstance(k, _Placeholder) for k in once.keys)):
             return _Placeholder()
         if after is not None and isinstance(trigger, ScheduleTrigger):
@@ -169,6 +200,8 @@ class RuleBuilder(Transformer):
         (expr,) = items
         if isinstance(expr, _Placeholder):
             return expr
+        if (deep := self._too_deep(expr, "this condition")) is not None:
+            return deep
         if isinstance(expr, PathRef):
             if expr.path[0] in SPECIAL_ROOTS and len(expr.path) > 1:
                 return self._error(f"`{expr}` is not an event type", self._token_of(expr),
@@ -194,6 +227,53 @@ class RuleBuilder(Transformer):
             return self.last_on or Token("PATH", "", line=0, column=0)
         return Token("PATH", "", line=location.line, column=location.col)
 
+    # ---- lexer callbacks: literal sizes, before any value is built from a token ----
+    def _bounded(self, token: Token, message: str, hint: str, stand_in: str) -> Token:
+        """Report an oversized token and hand the parser a small stand-in, so the rest of
+        the file is still checked; the rule holding it is dropped (see `rule`)."""
+        self._error(message, token, hint)
+        self.oversized = True
+        return Token.new_borrow_pos(token.type, stand_in, token)
+
+    def saw_string(self, token: Token) -> Token:
+        if len(token) - 2 > MAX_STRING:
+            return self._bounded(token, f"a string is at most {MAX_STRING} characters long "
+                                        f"(this one has {len(token) - 2})",
+                                 'put a long text in a template and write `using "name"`', '""')
+        return token
+
+    def saw_number(self, token: Token) -> Token:
+        digits = len(token) - token.count("-") - token.count(".")
+        if digits > MAX_DIGITS:
+            return self._bounded(token, f"a number has at most {MAX_DIGITS} digits (this one has {digits})",
+                                 'compare long codes as strings: "…"', "0")
+        return token
+
+    def saw_path(self, token: Token) -> Token:
+        parts = token.count(".") + 1
+        if parts > MAX_PATH_PARTS:
+            return self._bounded(token, f"a field path has at most {MAX_PATH_PARTS} parts (this one has {parts})",
+                                 "like order.status or previous.order.props.CITY", "x")
+        if len(token) > MAX_PATH_CHARS:
+            return self._bounded(token, f"a field path is at most {MAX_PATH_CHARS} characters long "
+                                        f"(this one has {len(token)})", "use the field's real name", "x")
+        return token
+
+    def _duration(self, token: Token) -> timedelta | _Placeholder:
+        try:
+            return parse_duration(token)
+        except ValueError as exc:
+            return self._error(str(exc), token, "write a shorter duration, like 30d")
+
+    def _too_deep(self, expr, what: str) -> _Placeholder | None:
+        """An error when `expr` nests deeper than MAX_DEPTH (checked without recursion,
+        before anything walks it recursively)."""
+        if isinstance(expr, _Placeholder) or not _deeper_than(expr, MAX_DEPTH):
+            return None
+        return self._error(f"{what} nests more than {MAX_DEPTH} levels deep", self._token_of(expr),
+                           "write it flatter: a chain of `and`/`or` and a list in `in [..]` add one level each, "
+                           "every `not`, parenthesised `and`/`or` and list inside a list one more")
+
     def saw_on(self, token: Token) -> Token:
         """Lexer callback: remember where the current rule's `on` is, for errors with no better place."""
         self.last_on = token
@@ -208,6 +288,9 @@ class RuleBuilder(Transformer):
                 to_value = item[1]
         if isinstance(path, _Placeholder):
             return path
+        for value in (from_value, to_value):
+            if (broken := self._too_deep(value, "this value")) is not None or isinstance(value, _Placeholder):
+                return broken or value
         if len(path.path) < 2 or path.path[0] in SPECIAL_ROOTS or "*" in path.path:
             return self._error("`changes` needs an entity's field, like order.status", self._token_of(path))
         return ChangeTrigger(path.path[0], path.path, from_value, to_value)
@@ -220,7 +303,9 @@ class RuleBuilder(Transformer):
 
     def every_interval(self, items: list):
         (token,) = items
-        interval = parse_duration(token)
+        interval = self._duration(token)
+        if isinstance(interval, _Placeholder):
+            return interval
         if interval < timedelta(minutes=1) or interval.total_seconds() % 60:
             return self._error("a schedule interval must be whole minutes (at least 1m)", token)
         if interval > timedelta(days=1) or (86400 % int(interval.total_seconds())):
@@ -248,20 +333,24 @@ class RuleBuilder(Transformer):
 
     # ---- clauses ----
     def if_clause(self, items: list):
-        return ("if", items[0], self._token_of(items[0]))
+        condition = self._too_deep(items[0], "this condition") or items[0]
+        return ("if", condition, self._token_of(items[0]))
 
     def after_clause(self, items: list):
         (token,) = items
-        return ("after", parse_duration(token), token)
+        return ("after", self._duration(token), token)
 
     def once_clause(self, items: list):
         within = None
         if items and isinstance(items[-1], tuple) and items[-1][0] == "within":
             within, items = items[-1][1], items[:-1]
-        return ("once", OncePer(tuple(items), within), self._token_of(items[0]))
+        keys = tuple(self._too_deep(k, "this value") or k for k in items)
+        if isinstance(within, _Placeholder):
+            keys = (within,)            # the rule is dropped: its error is reported
+        return ("once", OncePer(keys, within), self._token_of(items[0]))
 
     def within(self, items: list):
-        return ("within", parse_duration(items[0]))
+        return ("within", self._duration(items[0]))
 
     # ---- expressions ----
     def or_(self, items: list):
@@ -294,6 +383,10 @@ class RuleBuilder(Transformer):
             regex = re.compile(pattern)
         except re.error as exc:
             return self._error(f"invalid regular expression: {exc.msg}", token)
+        except RecursionError:          # sre_parse recurses once per group
+            return self._error("the regular expression nests too deep", token, "use fewer nested groups")
+        except (OverflowError, ValueError) as exc:   # e.g. a{4294967295}
+            return self._error(f"invalid regular expression: {exc}", token)
         return _Placeholder() if _broken((subject,)) else Matches(subject, pattern, regex)
 
     def contains(self, items: list):
@@ -393,10 +486,10 @@ class RuleBuilder(Transformer):
             return ("window", self._error(f"invalid window {text!r}: {exc}", token), token)
 
     def stale_after(self, items: list):
-        return ("stale", parse_duration(items[0]), items[0])
+        return ("stale", self._duration(items[0]), items[0])
 
     def fallback_after(self, items: list):
-        return ("fallback", parse_duration(items[0]), items[0])
+        return ("fallback", self._duration(items[0]), items[0])
 
     def copy_admins(self, items: list):
         return ("copy", True, None)
@@ -438,16 +531,38 @@ _OPTION_WORDS = {"sender": "from", "window": "between", "stale": "stale after", 
                  "fallback": "fallback after"}
 
 
+_CHILD_FIELDS = ("left", "item", "subject", "operand", "right", "container", "needle")
+
+
+def _children(node) -> tuple:
+    """An expression's sub-expressions in reading order; a list literal's lists inside it."""
+    if isinstance(node, Literal):
+        return (node.value,) if isinstance(node.value, tuple) else ()
+    if isinstance(node, tuple):
+        return tuple(v for v in node if isinstance(v, tuple))
+    fields = tuple(c for c in (getattr(node, name, None) for name in _CHILD_FIELDS) if c is not None)
+    return fields + tuple(getattr(node, "operands", ()))
+
+
 def _first_location(node) -> Location | None:
-    if isinstance(node, PathRef):
-        return node.location
-    for child in (getattr(node, name, None) for name in ("left", "item", "subject", "operand", "right", "container", "needle")):
-        if child is not None and (found := _first_location(child)):
-            return found
-    for child in getattr(node, "operands", ()):
-        if found := _first_location(child):
-            return found
+    """The first path's place in `node` (a loop, not recursion: the tree may be deep)."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, PathRef):
+            return node.location
+        stack.extend(reversed(_children(node)))
     return None
+
+
+def _deeper_than(node, limit: int) -> bool:
+    stack = [(node, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in _children(node))
+    return False
 
 
 def _broken(items: Iterable) -> bool:
@@ -467,21 +582,37 @@ def _get_parser() -> tuple[Lark, RuleBuilder]:
         _builder = RuleBuilder()
         _parser = Lark(GRAMMAR_FILE.read_text(encoding="utf-8"), parser="lalr", lexer="contextual",
                        transformer=_builder, maybe_placeholders=False,
-                       lexer_callbacks={"ON": _builder.saw_on})
+                       lexer_callbacks={"ON": _builder.saw_on, "STRING": _builder.saw_string,
+                                        "NUMBER": _builder.saw_number, "PATH": _builder.saw_path})
     return _parser, _builder
 
 
 def compile_text(text: str, file: str = "<rules>") -> CompiledFile:
     """Compile one rule file's text. Never raises on bad input: see `diagnostics`."""
+    if (bad := _not_unicode(text, file)) is not None:
+        return CompiledFile(file, (), (bad,))
     with _lock, _gc_paused():
         parser, builder = _get_parser()
         builder.reset(file, text)
         try:
             rules = parser.parse(text)
             problems = builder.problems
-        except (UnexpectedInput, VisitError):
+        except Exception:                   # a syntax error, or a bug of ours: find its rule
             rules, problems = _compile_rule_by_rule(parser, builder, text, file)
     return CompiledFile(file, tuple(rules), tuple(problems))
+
+
+def _not_unicode(text: str, file: str) -> Diagnostic | None:
+    """A lone surrogate (only possible in text handed over as str, never read from a
+    UTF-8 file) would fail later, in SQLite or on the wire: refuse it here, located."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        line = text.count("\n", 0, exc.start) + 1
+        col = exc.start - (text.rfind("\n", 0, exc.start) + 1) + 1
+        return Diagnostic("the text holds a lone surrogate, which is not a character", Location(file, line, col),
+                          "error", "save rule files as UTF-8")
+    return None
 
 
 @contextmanager
@@ -550,8 +681,12 @@ def _compile_rule_by_rule(parser: Lark, builder: RuleBuilder, text: str, file: s
         except UnexpectedInput as exc:
             problems.extend(builder.problems)
             problems.append(_syntax_diagnostic(exc, parser, file, lines, chunk))
-        except VisitError as exc:           # a bug of ours, reported where it happened
-            problems.append(Diagnostic(f"internal error: {exc.orig_exc}", Location(file, 1, 1)))
+        except Exception as exc:            # a bug of ours: reported at its rule, the others still load
+            cause = exc.orig_exc if isinstance(exc, VisitError) else exc
+            line = text.count("\n", 0, begin) + 1
+            problems.append(Diagnostic(f"internal error: {type(cause).__name__}: {cause}",
+                                       Location(file, line, 1), "error",
+                                       "please report this with the rule; the rest of the file is checked"))
     return rules, problems
 
 
@@ -560,8 +695,9 @@ def _only_comments(text: str) -> bool:
 
 
 def _blank_prefix(prefix: str) -> str:
-    """Keeps line and column numbers right when parsing a slice of the file."""
-    return "".join(c if c == "\n" else " " for c in prefix)
+    """Keeps line and column numbers right when parsing a slice of the file (the same
+    line breaks, and the last line's width: linear in the file, not in every rule)."""
+    return "\n" * prefix.count("\n") + " " * (len(prefix) - prefix.rfind("\n") - 1)
 
 
 # ---- syntax errors in words ---------------------------------------------------------------
