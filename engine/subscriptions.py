@@ -539,7 +539,7 @@ class Refusals:
         self.by_reason[exc.reason] += 1
         body = payload if isinstance(payload, Mapping) else {}
         # The message of an invalid number quotes it: leave the message out then.
-        detail = "" if exc.reason == "invalid_phone" else f": {exc.message}"
+        detail = "" if exc.reason == "invalid_phone" else f": {_safe(exc.message)}"
         log.warning("POST /subscriptions refused (%s, %d): phone %s, list %s, client %s%s", exc.reason, exc.status,
                     mask_phone(body.get("phone")), _shown(body.get("list")), client, detail)
 
@@ -551,9 +551,13 @@ class Refusals:
                         "the connection's address, or X-Forwarded-For from one of http.trusted_proxies")
 
 
+def _safe(text: str) -> str:
+    """Visitor-supplied text fit for a log line (a lone surrogate would break the handler)."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
 def _shown(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(type(value).__name__)
-    return repr(text[:40].encode("utf-8", "backslashreplace").decode())
+    return repr(_safe(value[:40])) if isinstance(value, str) else type(value).__name__
 
 
 def health(store, config, refusals: Refusals, now: datetime) -> dict:
