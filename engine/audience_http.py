@@ -50,7 +50,9 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
         try:
             req = subs.parse_subscribe(payload, config)
             if subs.needs_proof(config, req.list):
-                await subs.verify_proof(config.subscriptions.proof, subs.proof_token(payload), client)
+                token = subs.proof_token(payload)
+                await daemon.db(subs.peek_limits, daemon.store, config, req, client, daemon.clock.now())
+                await subs.verify_proof(config.subscriptions.proof, token, client)
             status, result = await daemon.db(subs.subscribe, daemon.store, config, req, client,
                                              daemon.clock.now())
         except subs.SubscriptionError as exc:

@@ -316,7 +316,7 @@ def _site(payload: Mapping, config) -> str:
 
 
 def parse_subscribe(payload: Any, config) -> Request:
-    body = _object(payload, "{phone, list, site?, email?}")
+    body = _object(payload, "{phone, list, site?, email?, captcha?}")
     phone, name, site = _phone(body), _list(body, config), _site(body, config)
     email = body.get("email")
     if email is not None and (not isinstance(email, str) or "@" not in email):
@@ -429,6 +429,23 @@ def _limits(settings, req: Request, client: str) -> list[tuple[str, str, tuple[i
     return out + [("total", TOTAL_KEY, settings.total, "in total (for everyone)")]
 
 
+def _limited(store, name: str, key: str, rate: tuple[int, float], what: str, now: datetime) -> SubscriptionError:
+    count, period = rate
+    wait = store.rate_window(key, now, period)[1]
+    wait = max(1, math.ceil(wait if wait is not None else period))
+    return SubscriptionError(429, f"too many confirmation codes requested {what}: at most {count} per "
+                                  f"{_period(period)}; try again in {_wait(wait)}", "",
+                             reason=name, limit=name, retry_after=wait)
+
+
+def peek_limits(store, config, req: Request, client: str, now: datetime) -> None:
+    """The 429 `subscribe` would answer, counting nothing: asked before the CAPTCHA verifier,
+    so that a flood over a limit does not become a flood of verifier calls."""
+    for name, key, (count, period), what in _limits(config.subscriptions, req, client):
+        if store.rate_window(key, now, period)[0] >= count:
+            raise _limited(store, name, key, (count, period), what, now)
+
+
 def subscribe(store, config, req: Request, client: str, now: datetime) -> tuple[int, dict]:
     """A code for (phone, list): (HTTP status, body). Raises SubscriptionError (429) over a
     limit; the transaction then rolls back, so a refused request counts against nothing."""
@@ -439,11 +456,7 @@ def subscribe(store, config, req: Request, client: str, now: datetime) -> tuple[
             return 200, {"id": current["id"], "state": "confirmed", "list": req.list, "phone": req.phone}
         for name, key, (count, period), what in _limits(settings, req, client):
             if not store.rate_hit(key, now, count, period):
-                wait = store.rate_window(key, now, period)[1]
-                wait = max(1, math.ceil(wait if wait is not None else period))
-                raise SubscriptionError(429, f"too many confirmation codes requested {what}: at most {count} per "
-                                             f"{_period(period)}; try again in {_wait(wait)}", "",
-                                        reason=name, limit=name, retry_after=wait)
+                raise _limited(store, name, key, (count, period), what, now)
         code = new_code(settings.code_length)
         expires = now + timedelta(seconds=settings.code_lifetime)
         row = store.put_pending_subscriber(req.list, req.phone, req.site, req.email, hash_code(code), expires)

@@ -234,6 +234,20 @@ async def test_a_wrong_verifier_secret_fails_closed(tmp_path, monkeypatch, caplo
     assert "invalid-input-secret" in caplog.text and "not-the-secret" not in caplog.text
 
 
+async def test_over_a_limit_the_verifier_is_not_asked(tmp_path, monkeypatch):
+    """A flood over a limit must not turn into a flood of verifier calls."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HERALD_TEST_CAPTCHA", SECRET)
+    async with verifier_server() as (verifier, url, _):
+        guards = proof_guards(url) + "  per_ip: 1/h\n"
+        async with fake_and_project(tmp_path, subscriptions=guards) as (fake, config):
+            async with running(config) as (daemon, client):
+                assert (await ask(client, "+79000000001", captcha="good-token")).status_code == 202
+                over = await ask(client, "+79000000002", captcha="good-token")
+                assert over.status_code == 429 and over.json()["limit"] == "per_ip"
+                assert [c["response"] for c in verifier.calls] == ["good-token"]
+
+
 # ---- visible in logs and /health -------------------------------------------------------------
 
 async def test_refusals_are_logged_with_the_phone_masked_and_counted_in_health(tmp_path, monkeypatch, caplog):
