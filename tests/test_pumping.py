@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 import trio
+from hypothesis import given, strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -21,6 +22,7 @@ from starlette.routing import Route
 
 from engine.config import load_config
 from engine.errors import ConfigError
+from tests.fuzz import fuzz
 from tests.audience_helpers import ManualClock, fake_and_project, journal, running, wait_for
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -146,6 +148,34 @@ def test_client_address_rules():
     assert client_address("127.0.0.1", "[2001:db9::1]:443", trusted) == "2001:db9::1"
     assert client_address("::ffff:192.0.2.7", None, trusted) == "192.0.2.7"
     assert client_address(None, "203.0.113.9", trusted) == "unknown"
+
+
+@fuzz()
+@given(st.one_of(st.none(), st.ip_addresses().map(str), st.text(max_size=50)),
+       st.one_of(st.none(), st.lists(st.one_of(st.ip_addresses().map(str), st.text(max_size=30)),
+                                     max_size=6).map(", ".join)))
+def test_any_peer_and_header_give_an_address_and_only_a_trusted_peer_is_looked_past(peer, header):
+    from engine.client_address import client_address, parse_proxies
+
+    trusted = parse_proxies(["127.0.0.0/8", "10.0.0.0/8", "::1"])
+    found = client_address(peer, header, trusted)
+    assert isinstance(found, str) and found
+    try:
+        peer_ip = ipaddress.ip_address(peer or "")
+    except ValueError:
+        return
+    if not any(peer_ip in net for net in trusted if net.version == peer_ip.version):
+        assert ipaddress.ip_address(found) == (peer_ip.ipv4_mapped or peer_ip if peer_ip.version == 6 else peer_ip)
+    else:
+        assert found == str(ipaddress.ip_address(found))      # always a real address behind a proxy
+
+
+@fuzz()
+@given(st.text(max_size=40))
+def test_a_masked_phone_shows_at_most_six_digits(raw):
+    from engine.phones import mask_phone
+
+    assert sum(ch.isdigit() for ch in mask_phone(raw)) <= 6
 
 
 def test_ipv6_visitors_are_counted_per_64_network():
