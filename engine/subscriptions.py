@@ -214,10 +214,11 @@ def _proof(reader, node, lists: Mapping[str, str]):
     if c("url") is None or (url and (parts.scheme not in ("http", "https") or not parts.netloc)):
         reader.error(f"{node.path}.url: expected the verifier's http(s) URL", (c("url") or node).loc,
                      "e.g. https://challenges.cloudflare.com/turnstile/v0/siteverify")
+    reported = len(reader.sink.items)
     secret = reader.secret(c("secret"))
-    if secret is None and c("secret") is None:
-        reader.error(f"{node.path}.secret: the verifier's secret key is required", node.loc,
-                     "secret: !env CAPTCHA_SECRET")
+    if secret is None and len(reader.sink.items) == reported:   # absent or empty: never a silent "no CAPTCHA"
+        reader.error(f"{node.path}.secret: the verifier's secret key is required", (c("secret") or node).loc,
+                     "secret: !env CAPTCHA_SECRET (set and not empty)")
     names = tuple(lists)
     v = c("lists")
     if v is not None:

@@ -341,3 +341,13 @@ def test_bad_new_settings_are_located(tmp_path):
     assert "herald.yaml:7:26" in text and "premium" in text and "mobile" in text
     assert 'unknown list "newz"' in text and 'did you mean "news"' in text
     assert "in plain text" in text
+
+
+def test_an_empty_verifier_secret_is_an_error_not_a_list_without_captcha(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMPTY_CAPTCHA_SECRET", "")
+    path = tmp_path / "herald.yaml"
+    path.write_text("subscriptions:\n  lists: [news]\n"
+                    "  proof: {url: 'https://v.example/x', secret: !env EMPTY_CAPTCHA_SECRET}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "herald.yaml:3:" in err.value.format() and "secret key is required" in err.value.format()
