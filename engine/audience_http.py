@@ -8,13 +8,12 @@ Registered by engine/http.py's `create_app` through `routes(daemon, endpoint)`; 
 from __future__ import annotations
 
 import functools
-import ipaddress
 from typing import Any, Callable
 
 from starlette.requests import Request
 from starlette.routing import Route
 
-from engine.errors import EventError
+from engine.client_address import of_request
 
 CAMPAIGN_MAX_BODY = 256 * 1024 * 1024    # POST /campaigns: a CSV of a few million rows
 
@@ -45,11 +44,21 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
         return endpoint(handler)
 
     async def subscribe(request: Request):
+        config = daemon.config
+        client = of_request(request, config.http.trusted_proxies)
         payload = await body(request)
-        req = subs.parse_subscribe(payload, daemon.config)
-        client = _client(payload, request)
-        status, result = await daemon.db(subs.subscribe, daemon.store, daemon.config, req, client,
-                                         daemon.clock.now())
+        daemon.subscription_refusals.note_ip_field(payload)
+        try:
+            req = subs.parse_subscribe(payload, config)
+            if subs.needs_proof(config, req.list):
+                token = subs.proof_token(payload)
+                await daemon.db(subs.peek_limits, daemon.store, config, req, client, daemon.clock.now())
+                await subs.verify_proof(config.subscriptions.proof, token, client)
+            status, result = await daemon.db(subs.subscribe, daemon.store, config, req, client,
+                                             daemon.clock.now())
+        except subs.SubscriptionError as exc:
+            daemon.subscription_refusals.refused(exc, payload, client)
+            return JSONResponse(exc.as_json(), status_code=exc.status, headers=exc.headers())
         daemon.events_wake.set()
         return JSONResponse(result, status_code=status)
 
@@ -116,15 +125,3 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
         *(Route(f"/campaigns/{{id}}/{action}", answer(change(action)), methods=["POST"])
           for action in ("pause", "resume", "cancel")),
     ]
-
-
-def _client(payload: Any, request: Request) -> str:
-    """The visitor's address for the per-IP limit: `ip` in the body (a site's backend
-    calling for its visitor says whose request it is), else the caller's own."""
-    given = payload.get("ip") if isinstance(payload, dict) else None
-    if given is not None:
-        try:
-            return str(ipaddress.ip_address(str(given).strip()))
-        except ValueError as exc:
-            raise EventError("ip must be an IP address (the visitor's)", "/ip") from exc
-    return request.client.host if request.client else "?"

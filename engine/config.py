@@ -193,6 +193,7 @@ class HttpConfig:
     port: int = DEFAULT_PORT
     tokens: tuple[Secret, ...] = ()    # empty: no auth, local-only API
     max_body: int = DEFAULT_MAX_BODY   # bytes
+    trusted_proxies: tuple = ()        # ip_network: peers whose X-Forwarded-For is believed
 
     @property
     def listen(self) -> str:
@@ -226,6 +227,16 @@ class Bitrix24Config:
 
 
 @dataclass(frozen=True, slots=True)
+class ProofConfig:
+    """`subscriptions.proof`: a CAPTCHA token checked by a siteverify-style verifier."""
+
+    url: str
+    secret: Secret
+    lists: tuple[str, ...] = ()        # the lists that ask for it
+    timeout: float = 5.0               # seconds; no answer by then: 503 (fail closed)
+
+
+@dataclass(frozen=True, slots=True)
 class SubscriptionsConfig:
     """`subscriptions:` — subscription lists, the guards against SMS pumping on
     POST /subscriptions, and how often incoming SMS are polled (docs/subscriptions.md)."""
@@ -234,6 +245,11 @@ class SubscriptionsConfig:
     countries: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # site → calling codes (empty: any)
     per_ip: tuple[int, float] = (5, 3600.0)       # code requests per client address per period
     per_phone: tuple[int, float] = (3, 3600.0)    # code requests per phone number per period
+    total: tuple[int, float] = (200, 3600.0)      # codes sent in all per period
+    per_country: Mapping[str, tuple[int, float]] = field(
+        default_factory=lambda: {"*": (100, 3600.0)})   # calling code ("7"; "*": any other) → rate
+    number_types: tuple[str, ...] = ("mobile", "fixed_line_or_mobile")   # engine/phones.py NUMBER_TYPES
+    proof: ProofConfig | None = None              # the CAPTCHA step (None: none)
     code_attempts: int = 5                        # wrong codes before the code is void
     code_lifetime: float = 600.0                  # seconds a confirmation code is good for
     code_length: int = 6                          # digits
@@ -927,12 +943,12 @@ class _Reader:
     SITE_KEYS = ("name", "server_name", "email_from", "phone_from", "timezone", "channel",
                  "sms_sender", "viber_sender", "send_window", "admins", "admin_email",
                  "translit", "omni", "omni_deadline", "language", "api_key")
-    HTTP_KEYS = ("listen", "tokens", "max_body")
+    HTTP_KEYS = ("listen", "tokens", "max_body", "trusted_proxies")
     SMTP_KEYS = ("host", "port", "from", "username", "password", "starttls")
     DIRECTORY_KEYS = ("file", "bitrix", "ttl", "groups")
     BITRIX24_KEYS = ("application_token", "site", "rest_url")
     SUBSCRIPTIONS_KEYS = ("lists", "countries", "per_ip", "per_phone", "code_attempts", "code_lifetime",
-                          "code_length", "poll_incoming")
+                          "code_length", "poll_incoming", "total", "per_country", "number_types", "proof")
 
     def build(self, data: Any, path: Path | None) -> Config:
         root = _Val(data, Location(self.file, 1, 1), "")
@@ -1220,7 +1236,8 @@ class _Reader:
         mb = self.child(node, "max_body")
         if mb is not None:
             max_body = self.size(mb)
-        cfg = HttpConfig(host=host, port=port, tokens=tuple(tokens), max_body=max_body)
+        cfg = HttpConfig(host=host, port=port, tokens=tuple(tokens), max_body=max_body,
+                         trusted_proxies=self.trusted_proxies(self.child(node, "trusted_proxies")))
         if not tokens and not is_loopback(host) and not self.sink.has_errors:
             self.warning(f"http.tokens is empty, so the API on {cfg.listen} answers only "
                          "requests from this machine",
@@ -1228,6 +1245,21 @@ class _Reader:
                          "add tokens: [!env HERALD_TOKEN] to accept authenticated requests "
                          "from elsewhere, or listen on 127.0.0.1")
         return cfg
+
+    def trusted_proxies(self, v: _Val | None) -> tuple:
+        """`http.trusted_proxies: [127.0.0.1, 10.0.0.0/8]` (engine/client_address.py)."""
+        from engine.client_address import parse_proxy
+        out = []
+        for item in self.items(v) if v is not None and isinstance(v.raw, CommentedSeq) else ():
+            try:
+                out.append(parse_proxy(str(item.raw)))
+            except ValueError:
+                self.error(f"{item.path}: {self.show(str(item.raw), None)} is not an IP address or network",
+                           item.loc, "e.g. 127.0.0.1, 10.0.0.0/8 or 2001:db8::/32")
+        if v is not None and v.raw is not None and not isinstance(v.raw, CommentedSeq):
+            self.error(f"{v.path}: expected a list of addresses or networks, got {_what(v.raw)}", v.loc,
+                       "e.g. trusted_proxies: [127.0.0.1, 10.0.0.0/8]")
+        return tuple(out)
 
     def listen(self, v: _Val) -> tuple[str, int]:
         raw, origin = self.resolve(v)

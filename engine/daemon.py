@@ -118,6 +118,8 @@ class Daemon:
         self.alerter = None
         self.backup_transports: dict = {}     # tests: httpx transports for backup endpoints by name
         self.versions: dict[str, str] = {}
+        from engine.subscriptions import Refusals
+        self.subscription_refusals = Refusals()   # POST /subscriptions refusals, for GET /health
 
     # ---- blocking work, one call at a time ----
     async def db(self, fn: Callable, *args: Any) -> Any:
@@ -422,7 +424,12 @@ class Daemon:
             "endpoints": self._endpoints_health(),
             "delivery": await self.db(self.store.delivery_counts),
             "incidents": await self.db(self.alerter.open_incidents) if self.alerter else [],
+            "subscriptions": await self.db(self._subscriptions_health),
         }
+
+    def _subscriptions_health(self) -> dict:
+        from engine.subscriptions import health
+        return health(self.store, self.config, self.subscription_refusals, self.clock.now())
 
     def _endpoints_health(self) -> list[dict]:
         router = self.dispatcher.router if self.dispatcher is not None else None
@@ -490,6 +497,8 @@ def _secrets_of(config: Config) -> list[str]:
             config.bsg.callback_secret, *(site.api_key for site in config.sites.values())]
     if config.smtp is not None:
         keys.append(config.smtp.password)
+    if config.subscriptions.proof is not None:
+        keys.append(config.subscriptions.proof.secret)
     if config.directory is not None:
         keys.append(config.directory.bitrix)
     if config.bitrix24 is not None:

@@ -16,7 +16,8 @@ from typing import Iterable
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
 
-__all__ = ["Phone", "normalize_phone", "normalize_many"]
+__all__ = ["Phone", "normalize_phone", "normalize_many", "NUMBER_TYPES", "SMS_TYPES", "number_type",
+           "describe_type", "mask_phone"]
 
 # Real phone fields are short; anything longer is pasted prose. Refusing it early
 # also keeps huge strings out of the LRU cache.
@@ -180,3 +181,49 @@ def _invalid(text: str, region: str, reason: str | None = None) -> str:
     where = "" if text.strip().startswith("+") else f" (region {region})"
     because = f": {reason}" if reason else ""
     return f"{_quote(text)} is not a valid phone number{where}{because}"
+
+
+# ---- what kind of line a number is (phonenumbers' metadata) ------------------------------
+
+# Names as in the config (`subscriptions.number_types`), in words for error messages.
+NUMBER_TYPES = {
+    "mobile": "a mobile number",
+    "fixed_line_or_mobile": "a number that may be mobile",       # e.g. US and Canada
+    "fixed_line": "a landline number",
+    "toll_free": "a toll-free number",
+    "premium_rate": "a premium-rate number",
+    "shared_cost": "a shared-cost number",
+    "voip": "a VoIP number",
+    "personal_number": "a personal (forwarding) number",
+    "pager": "a pager number",
+    "uan": "a universal access number",
+    "voicemail": "a voicemail number",
+    "unknown": "a number of unknown type",
+}
+SMS_TYPES = ("mobile", "fixed_line_or_mobile")    # the ones that surely or possibly take an SMS
+
+
+def number_type(e164: str) -> str:
+    """The line type of an E.164 number, a key of NUMBER_TYPES (`unknown` when unsure)."""
+    try:
+        kind = phonenumbers.number_type(phonenumbers.parse(e164))
+    except NumberParseException:
+        return "unknown"
+    for name in NUMBER_TYPES:
+        if getattr(phonenumbers.PhoneNumberType, name.upper(), None) == kind:
+            return name
+    return "unknown"
+
+
+def describe_type(name: str) -> str:
+    return NUMBER_TYPES.get(name, NUMBER_TYPES["unknown"])
+
+
+def mask_phone(raw: object) -> str:
+    """A number fit for a log line: the country and area digits and the last two, the rest
+    hidden (`+7900****67`); the prefix is what tells a pumped range apart."""
+    text = _as_text(raw) or ""
+    digits = re.sub(r"\D", "", text)[:20]
+    if len(digits) < 7:
+        return "****"
+    return f"{'+' if text.strip().startswith('+') else ''}{digits[:4]}****{digits[-2:]}"

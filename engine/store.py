@@ -1186,6 +1186,15 @@ class Store:
             self._execute("INSERT INTO rate_hits VALUES (?, ?)", (key, at))
         return True
 
+    def rate_window(self, key: str, when: datetime, period: float) -> tuple[int, float | None]:
+        """Hits on `key` within `period` before `when`: (how many, seconds until the oldest
+        leaves the window, None without hits)."""
+        at = to_epoch(when)
+        with self._lock:
+            used, oldest = self._execute("SELECT COUNT(*), MIN(at) FROM rate_hits WHERE key = ? AND at > ?",
+                                         (key, at - period)).fetchone()
+        return used, None if oldest is None else oldest + period - at
+
     def stats(self) -> dict:
         with self._lock:
             counts = dict(self._execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())

@@ -7,11 +7,15 @@
     DELETE /subscriptions {phone, list?}   → cancelled; `subscription.cancelled` per list
                                              (no list: every list, and the opt-out list)
 
-Guards against SMS pumping (someone making Herald text premium numbers for them): the
-list must be configured, the number's country must be allowed for the site, code
-requests are limited per client address and per phone (sliding windows kept in the
-store, so a restart does not reset them), a code takes a few wrong guesses and then is
-void, and it expires. A confirmed subscription or an unsubscribe happens at most once.
+Guards against SMS pumping (someone making Herald text premium numbers for them,
+docs/subscriptions.md "Threat: SMS pumping"): the list must be configured; the number
+must be a mobile one (by its line type) of a country allowed for the site; a list may ask
+for a CAPTCHA token, checked by a verifier (fail closed); code requests are limited per
+client address (the connection's, engine/client_address.py), per phone, per country
+calling code and in total (sliding windows kept in the store, so a restart does not reset
+them); a code takes a few wrong guesses and then is void, and it expires. Every refusal
+is one log line (the number masked) and a count in GET /health. A confirmed subscription
+or an unsubscribe happens at most once.
 
 The opt-out list (`unsubscribe PATH from "*"`, e.g. the shipped STOP rule) is honoured by
 every campaign and by `subscribers "LIST"`; confirming a new subscription is fresh consent
@@ -22,27 +26,58 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
 import re
 import secrets
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
+import httpx
 import phonenumbers
+import trio
 
+from engine.client_address import limit_key
 from engine.errors import HeraldError, did_you_mean
 from engine.events import Event
-from engine.phones import normalize_phone
+from engine.phones import NUMBER_TYPES, describe_type, mask_phone, normalize_phone, number_type
+
+log = logging.getLogger("herald.subscriptions")
 
 ALL_LISTS = "*"           # `unsubscribe PATH from "*"`: every list, and the opt-out list
+OTHER_COUNTRIES = "*"     # `per_country`: every calling code not named
+PROOF_FIELD = "captcha"   # the request field that carries the CAPTCHA token
+PROOF_MAX = 4096          # bytes of a token (Turnstile's are at most 2,048)
+PROOF_RETRY = 30          # seconds: Retry-After when the verifier cannot be asked
+TOTAL_KEY = "codes:all"   # the rate_hits key of the overall cap (and of /health's count)
 
 
 class SubscriptionError(HeraldError):
-    """A request that cannot be served: an HTTP status, a message, a JSON pointer."""
+    """A request that cannot be served: an HTTP status, a message, a JSON pointer; `reason`
+    names a refusal for the logs and /health, `limit` the cap that was hit, `retry_after`
+    the seconds until asking again can succeed."""
 
-    def __init__(self, status: int, message: str, pointer: str | None = None):
+    def __init__(self, status: int, message: str, pointer: str | None = None, *, reason: str = "invalid",
+                 limit: str | None = None, retry_after: int | None = None):
         super().__init__(message)
         self.status, self.message, self.pointer = status, message, pointer
+        self.reason, self.limit, self.retry_after = reason, limit, retry_after
+
+    def as_json(self) -> dict:
+        body: dict[str, Any] = {"error": self.message, "reason": self.reason}
+        if self.pointer is not None:
+            body["pointer"] = self.pointer
+        if self.limit is not None:
+            body["limit"] = self.limit
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return body
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
 
 
 # ---- config (called by engine/config.py with its reader, so errors are located) ----------
@@ -66,8 +101,9 @@ def parse_config(reader, node, sites: Mapping[str, Any]):
     c = lambda key: reader.child(node, key)  # noqa: E731
     defaults = SubscriptionsConfig()
     poll = c("poll_incoming")
+    lists = _lists(reader, c("lists"))
     return SubscriptionsConfig(
-        lists=_lists(reader, c("lists")),
+        lists=lists,
         countries=_countries(reader, c("countries"), sites),
         per_ip=_rate(reader, c("per_ip"), defaults.per_ip),
         per_phone=_rate(reader, c("per_phone"), defaults.per_phone),
@@ -78,6 +114,10 @@ def parse_config(reader, node, sites: Mapping[str, Any]):
                                   integer=True, positive=True, maximum=10),
         poll_incoming=None if poll is not None and poll.raw in (False, "off", 0) else
         reader.duration(poll, defaults.poll_incoming),
+        total=_rate(reader, c("total"), defaults.total),
+        per_country=_per_country(reader, c("per_country"), defaults.per_country),
+        number_types=_number_types(reader, c("number_types"), defaults.number_types),
+        proof=_proof(reader, reader.section(node, "proof"), lists),
     )
 
 
@@ -107,6 +147,88 @@ def _rate(reader, v, default: tuple[int, float]) -> tuple[int, float]:
                      "COUNT/PERIOD: at most COUNT code requests per PERIOD (s, m, h, d)")
         return default
     return rate
+
+
+def _calling_code(text: str) -> int | None:
+    text = text.strip().lstrip("+")
+    if not text.isdigit() or not phonenumbers.region_codes_for_country_code(int(text)):
+        return None
+    return int(text)
+
+
+def _per_country(reader, v, default: Mapping[str, tuple[int, float]]) -> dict[str, tuple[int, float]]:
+    """`20/h` (each calling code) or `{7: 500/h, 375: 20/h, other: 10/h}`; unnamed codes keep
+    the default unless `other` (or "*") says otherwise."""
+    if v is None or v.raw is None:
+        return dict(default)
+    from ruamel.yaml.comments import CommentedMap
+    if not isinstance(v.raw, CommentedMap):
+        return {OTHER_COUNTRIES: _rate(reader, v, default[OTHER_COUNTRIES])}
+    out = dict(default)
+    for key in v.raw:
+        item = reader.child(v, key)
+        name = str(key).strip()
+        code = None if isinstance(key, bool) or name in ("other", OTHER_COUNTRIES) else _calling_code(name)
+        if code is None and name not in ("other", OTHER_COUNTRIES):
+            reader.error(f"{v.path}: {key!r} is not a country calling code", item.key_loc,
+                         "e.g. 7 (Russia, Kazakhstan), 375 (Belarus); `other` for the rest")
+            continue
+        out[str(code) if code is not None else OTHER_COUNTRIES] = _rate(reader, item, default[OTHER_COUNTRIES])
+    return out
+
+
+def _number_types(reader, v, default: tuple[str, ...]) -> tuple[str, ...]:
+    if v is None or v.raw is None:
+        return default
+    from ruamel.yaml.comments import CommentedSeq
+    if not isinstance(v.raw, CommentedSeq):
+        reader.error(f"{v.path}: expected a list of number types, e.g. [{', '.join(default)}]", v.loc)
+        return default
+    known, out = tuple(NUMBER_TYPES), []
+    for item in reader.items(v):
+        name = str(item.raw).strip().lower()
+        if name not in known:
+            hint = did_you_mean(name, known)
+            reader.error(f'{item.path}: unknown number type "{item.raw}"', item.loc,
+                         (hint + "; " if hint else "") + "number types: " + ", ".join(known))
+            continue
+        out.append(name)
+    if not out:
+        reader.error(f"{v.path}: expected at least one number type, e.g. [mobile]", v.loc)
+        return default
+    return tuple(out)
+
+
+PROOF_KEYS = ("url", "secret", "lists", "timeout")
+
+
+def _proof(reader, node, lists: Mapping[str, str]):
+    """`proof: {url, secret, lists?, timeout?}`: a CAPTCHA step for `lists` (default: all)."""
+    from engine.config import ProofConfig
+    if node is None:
+        return None
+    reader.check_keys(node, PROOF_KEYS, "subscriptions.proof")
+    c = lambda key: reader.child(node, key)  # noqa: E731
+    url = reader.string(c("url"), "", what="the verifier's URL", allow_empty=False)
+    parts = urlsplit(url)
+    if c("url") is None or (url and (parts.scheme not in ("http", "https") or not parts.netloc)):
+        reader.error(f"{node.path}.url: expected the verifier's http(s) URL", (c("url") or node).loc,
+                     "e.g. https://challenges.cloudflare.com/turnstile/v0/siteverify")
+    reported = len(reader.sink.items)
+    secret = reader.secret(c("secret"))
+    if secret is None and len(reader.sink.items) == reported:   # absent or empty: never a silent "no CAPTCHA"
+        reader.error(f"{node.path}.secret: the verifier's secret key is required", (c("secret") or node).loc,
+                     "secret: !env CAPTCHA_SECRET (set and not empty)")
+    names = tuple(lists)
+    v = c("lists")
+    if v is not None:
+        names = reader.str_list(v, names, what="list names")
+        for name in names:
+            if name not in lists:
+                reader.error(f'{v.path}: unknown list "{name}"', v.loc,
+                             did_you_mean(name, tuple(lists)) or "lists: " + (", ".join(lists) or "none"))
+    return ProofConfig(url=url, secret=secret, lists=names, timeout=reader.duration(c("timeout"), 5.0)) \
+        if secret is not None else None
 
 
 def _codes(reader, v) -> tuple[int, ...]:
@@ -164,10 +286,11 @@ def _object(payload: Any, shape: str) -> Mapping:
 def _phone(payload: Mapping) -> str:
     raw = payload.get("phone")
     if not isinstance(raw, str) or not raw.strip():
-        raise SubscriptionError(400, "phone is required (a phone number, e.g. \"+79001234567\")", "/phone")
+        raise SubscriptionError(400, "phone is required (a phone number, e.g. \"+79001234567\")", "/phone",
+                                reason="invalid_phone")
     phone = normalize_phone(raw)
     if not phone.ok:
-        raise SubscriptionError(400, f"phone: {phone.error}", "/phone")
+        raise SubscriptionError(400, f"phone: {phone.error}", "/phone", reason="invalid_phone")
     return phone.e164
 
 
@@ -178,10 +301,11 @@ def _list(payload: Mapping, config, *, required: bool = True) -> str | None:
         return None
     if not isinstance(name, str) or not name:
         known = ", ".join(lists) or "none are configured (subscriptions.lists)"
-        raise SubscriptionError(400, f"list is required; lists: {known}", "/list")
+        raise SubscriptionError(400, f"list is required; lists: {known}", "/list", reason="unknown_list")
     if name not in lists:
         hint = did_you_mean(name, tuple(lists)) or "lists: " + (", ".join(lists) or "none are configured")
-        raise SubscriptionError(400 if lists else 404, f'unknown list "{name}" ({hint})', "/list")
+        raise SubscriptionError(400 if lists else 404, f'unknown list "{name}" ({hint})', "/list",
+                                reason="unknown_list")
     return name
 
 
@@ -193,7 +317,7 @@ def _site(payload: Mapping, config) -> str:
 
 
 def parse_subscribe(payload: Any, config) -> Request:
-    body = _object(payload, "{phone, list, site?, email?}")
+    body = _object(payload, "{phone, list, site?, email?, captcha?}")
     phone, name, site = _phone(body), _list(body, config), _site(body, config)
     email = body.get("email")
     if email is not None and (not isinstance(email, str) or "@" not in email):
@@ -203,8 +327,69 @@ def parse_subscribe(payload: Any, config) -> Request:
         code = phonenumbers.parse(phone).country_code
         if code not in allowed:
             raise SubscriptionError(403, f"numbers of country code +{code} cannot subscribe on site {site} "
-                                         f"(allowed: {', '.join('+%d' % c for c in allowed)})", "/phone")
+                                         f"(allowed: {', '.join('+%d' % c for c in allowed)})", "/phone",
+                                    reason="country")
+    kind = number_type(phone)
+    if kind not in config.subscriptions.number_types:
+        # Premium-rate, shared-cost and toll-free numbers are what SMS pumping targets; a
+        # landline cannot read the code anyway.
+        raise SubscriptionError(400, f"phone: {describe_type(kind)} cannot get the code by SMS: give a mobile "
+                                     "number", "/phone", reason="number_type")
     return Request(phone, name, site, email)
+
+
+# ---- the proof step (a CAPTCHA token checked by the configured verifier) ----------------
+
+def needs_proof(config, list_name: str) -> bool:
+    proof = config.subscriptions.proof
+    return proof is not None and list_name in proof.lists
+
+
+def proof_token(payload: Mapping) -> str:
+    token = payload.get(PROOF_FIELD)
+    if not isinstance(token, str) or not token.strip():
+        raise SubscriptionError(400, f"this list asks for a CAPTCHA: send the token of your CAPTCHA widget as "
+                                     f"{PROOF_FIELD}", f"/{PROOF_FIELD}", reason="proof_missing")
+    if len(token.encode("utf-8", "replace")) > PROOF_MAX:
+        raise SubscriptionError(400, f"{PROOF_FIELD} is over {PROOF_MAX} bytes: not a CAPTCHA token",
+                                f"/{PROOF_FIELD}", reason="proof_failed")
+    return token
+
+
+def _unavailable(why: str) -> SubscriptionError:
+    log.error("CAPTCHA verifier: %s; code requests to lists with a proof step are refused (503) until "
+              "it answers", why)
+    return SubscriptionError(503, "the CAPTCHA verifier cannot be asked right now; try again in a minute", None,
+                             reason="proof_unavailable", retry_after=PROOF_RETRY)
+
+
+async def verify_proof(proof, token: str, client: str) -> None:
+    """Ask the verifier siteverify-style (form: secret, response, remoteip; answer:
+    {"success": bool, "error-codes": [...]}). Fails closed: no clear yes is a refusal."""
+    form = {"secret": proof.secret.reveal(), "response": token, "remoteip": client}
+    answer = None
+    with trio.move_on_after(proof.timeout):
+        try:
+            async with httpx.AsyncClient(timeout=proof.timeout) as http:
+                answer = await http.post(proof.url, data=form)
+        except httpx.HTTPError as exc:
+            raise _unavailable(f"{proof.url}: {type(exc).__name__}") from exc
+    if answer is None:
+        raise _unavailable(f"{proof.url}: no answer within {proof.timeout:g} s")
+    try:
+        result = answer.json() if answer.status_code == 200 else None
+    except ValueError:
+        result = None
+    if not isinstance(result, dict) or not isinstance(result.get("success"), bool):
+        raise _unavailable(f"{proof.url} answered HTTP {answer.status_code} without a JSON success")
+    errors = [str(e)[:60] for e in result.get("error-codes") or [] if isinstance(e, str)][:5]
+    if any(e.endswith("-input-secret") for e in errors):
+        raise _unavailable(f"{proof.url} says the secret is wrong ({', '.join(errors)}): check "
+                           "subscriptions.proof.secret")
+    if not result["success"]:
+        raise SubscriptionError(403, "the CAPTCHA was not solved (or the token was used already): solve it "
+                                     "again" + (f" ({', '.join(errors)})" if errors else ""), f"/{PROOF_FIELD}",
+                                reason="proof_failed")
 
 
 def hash_code(code: str) -> str:
@@ -234,18 +419,45 @@ def _event(kind: str, row: Mapping, n: int | str, now: datetime, code: str | Non
 
 # ---- in the database thread (one transaction each) --------------------------------------
 
+def _limits(settings, req: Request, client: str) -> list[tuple[str, str, tuple[int, float], str]]:
+    """(name, rate_hits key, rate, words) of each cap a code request counts against."""
+    code = phonenumbers.parse(req.phone).country_code
+    out = [("per_ip", f"ip:{limit_key(client)}", settings.per_ip, "from your address"),
+           ("per_phone", f"phone:{req.phone}", settings.per_phone, "for this number")]
+    country = settings.per_country.get(str(code)) or settings.per_country.get(OTHER_COUNTRIES)
+    if country is not None:
+        out.append(("per_country", f"country:{code}", country, f"for numbers of +{code}"))
+    return out + [("total", TOTAL_KEY, settings.total, "in total (for everyone)")]
+
+
+def _limited(store, name: str, key: str, rate: tuple[int, float], what: str, now: datetime) -> SubscriptionError:
+    count, period = rate
+    wait = store.rate_window(key, now, period)[1]
+    wait = max(1, math.ceil(wait if wait is not None else period))
+    return SubscriptionError(429, f"too many confirmation codes requested {what}: at most {count} per "
+                                  f"{_period(period)}; try again in {_wait(wait)}", "",
+                             reason=name, limit=name, retry_after=wait)
+
+
+def peek_limits(store, config, req: Request, client: str, now: datetime) -> None:
+    """The 429 `subscribe` would answer, counting nothing: asked before the CAPTCHA verifier,
+    so that a flood over a limit does not become a flood of verifier calls."""
+    for name, key, (count, period), what in _limits(config.subscriptions, req, client):
+        if store.rate_window(key, now, period)[0] >= count:
+            raise _limited(store, name, key, (count, period), what, now)
+
+
 def subscribe(store, config, req: Request, client: str, now: datetime) -> tuple[int, dict]:
-    """A code for (phone, list): (HTTP status, body). Raises SubscriptionError (429) over a limit."""
+    """A code for (phone, list): (HTTP status, body). Raises SubscriptionError (429) over a
+    limit; the transaction then rolls back, so a refused request counts against nothing."""
     settings = config.subscriptions
     with store.transaction():
         current = store.subscriber(req.list, req.phone)
         if current is not None and current["state"] == "confirmed":
             return 200, {"id": current["id"], "state": "confirmed", "list": req.list, "phone": req.phone}
-        for key, (count, period), what in ((f"ip:{client}", settings.per_ip, "from your address"),
-                                           (f"phone:{req.phone}", settings.per_phone, "for this number")):
+        for name, key, (count, period), what in _limits(settings, req, client):
             if not store.rate_hit(key, now, count, period):
-                raise SubscriptionError(429, f"too many confirmation codes requested {what}; "
-                                             f"try again later (at most {count} per {_period(period)})", "")
+                raise _limited(store, name, key, (count, period), what, now)
         code = new_code(settings.code_length)
         expires = now + timedelta(seconds=settings.code_lifetime)
         row = store.put_pending_subscriber(req.list, req.phone, req.site, req.email, hash_code(code), expires)
@@ -314,6 +526,60 @@ def apply_rule_actions(store, actions, site: str, now: datetime) -> None:
             cancel(store, phone, list_name, now, "rule")
         elif list_name != ALL_LISTS:
             store.put_confirmed_subscriber(list_name, phone, site, now)
+
+
+def _wait(seconds: int) -> str:
+    minutes = math.ceil(seconds / 60)
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    if minutes % 60 == 0:
+        return f"{minutes // 60} hour{'s' if minutes != 60 else ''}"
+    if minutes > 60:
+        return f"{minutes // 60} h {minutes % 60} min"
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+# ---- refusals in the logs and in GET /health -------------------------------------------
+
+class Refusals:
+    """Refused code requests since the daemon started, by reason (in memory: a count for
+    GET /health, while each refusal is also one log line)."""
+
+    def __init__(self) -> None:
+        self.by_reason: Counter[str] = Counter()
+        self._ip_noted = False
+
+    def refused(self, exc: SubscriptionError, payload: Any, client: str) -> None:
+        self.by_reason[exc.reason] += 1
+        body = payload if isinstance(payload, Mapping) else {}
+        # The message of an invalid number quotes it: leave the message out then.
+        detail = "" if exc.reason == "invalid_phone" else f": {_safe(exc.message)}"
+        log.warning("POST /subscriptions refused (%s, %d): phone %s, list %s, client %s%s", exc.reason, exc.status,
+                    mask_phone(body.get("phone")), _shown(body.get("list")), client, detail)
+
+    def note_ip_field(self, payload: Any) -> None:
+        """Once per run: the body's `ip` no longer counts (docs/subscriptions.md)."""
+        if not self._ip_noted and isinstance(payload, Mapping) and "ip" in payload:
+            self._ip_noted = True
+            log.warning("POST /subscriptions: the body's ip field is ignored; the per-address limit counts "
+                        "the connection's address, or X-Forwarded-For from one of http.trusted_proxies")
+
+
+def _safe(text: str) -> str:
+    """Visitor-supplied text fit for a log line (a lone surrogate would break the handler)."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+def _shown(value: Any) -> str:
+    return repr(_safe(value[:40])) if isinstance(value, str) else type(value).__name__
+
+
+def health(store, config, refusals: Refusals, now: datetime) -> dict:
+    """GET /health's `subscriptions`: refusals by reason, codes sent within the `total` window."""
+    count, period = config.subscriptions.total
+    return {"refused": dict(refusals.by_reason),
+            "codes": {"sent": store.rate_window(TOTAL_KEY, now, period)[0], "limit": count,
+                      "period": _period(period)}}
 
 
 def _period(seconds: float) -> str:
