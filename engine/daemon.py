@@ -373,6 +373,8 @@ class Daemon:
             log.error("reload failed: kept the running rules (%d)", len(self.project.rules))
             return False, [d.headline() for d in exc.diagnostics if d.is_error]
         await self.db(self._swap, config, project)
+        if self.dispatcher is not None:
+            self.dispatcher.apply_config(config)      # bsg.rate and the look-up budget, at once
         self.reloaded.set()
         self.events_wake.set()
         log.info("reloaded: %d rule(s)", len(project.rules))

@@ -243,6 +243,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         UPDATE outbox SET state = 'held' WHERE state = 'deferred' AND next_attempt_at >= 1e12
             AND campaign_id IS NOT NULL;
     """),
+    # When a message's outcome became unknown at `uncertain_at` (daemon clock, epoch
+    # seconds): bsg.uncertain_failover_after counts from here.
+    ("0012_uncertain_since", """
+        ALTER TABLE outbox ADD COLUMN uncertain_since REAL;
+    """),
 ]
 
 
@@ -269,6 +274,7 @@ class OutboxRow:
     fallback_after: float | None = None
     endpoint: str | None = None      # where the last attempt went
     uncertain_at: str | None = None  # an endpoint that may have taken it (outcome unknown)
+    uncertain_since: float | None = None  # when its outcome there became unknown
 
     @property
     def msisdn(self) -> str:
@@ -290,7 +296,7 @@ class OutboxRow:
 
 _OUTBOX_FIELDS = ("id", "reference", "site", "channel", "to_phone", "sender", "text", "sms_sender", "sms_text",
                   "state", "attempts", "stale_at", "send_at", "rule_id", "event_id", "omni", "leg",
-                  "sms_reference", "fallback_after", "endpoint", "uncertain_at")
+                  "sms_reference", "fallback_after", "endpoint", "uncertain_at", "uncertain_since")
 
 
 class Store:
