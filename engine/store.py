@@ -1218,7 +1218,8 @@ def message_json(row: dict) -> dict:
         "omni": row.get("omni"), "leg": row.get("leg"), "sms_reference": row.get("sms_reference"),
         "viber_bsg_id": row.get("viber_bsg_id"), "viber_status": row.get("viber_status"),
         "double_delivery": bool(row.get("double_delivery")), "endpoint": row.get("endpoint"),
-        "uncertain_at": row.get("uncertain_at"), "replay_of": row.get("replay_of"),
+        "uncertain_at": row.get("uncertain_at"), "uncertain_since": _iso(row.get("uncertain_since")),
+        "replay_of": row.get("replay_of"),
         "replayed_by": row.get("replayed_by"), "fallback_at": _iso(row.get("fallback_at")),
     }
 
