@@ -53,6 +53,7 @@ log = logging.getLogger("herald.bsg")
 
 MAX_RECIPIENTS = 50          # per request: the docs say 50, the spec 1000; we send 50
 DEFAULT_PAUSE = 1.0          # seconds the client waits after a 429 / error 11 without Retry-After
+CATCH_UP = 1.0               # seconds of slots a late caller may still catch up (the rate is per second)
 
 FINAL_SUCCESS = frozenset({"delivered", "read"})
 FINAL_FAILURE = frozenset({"expired", "undeliverable", "rejected", "failed", "deleted",
@@ -450,7 +451,10 @@ class _Pacer:
             while (slot := self._slot()) > trio.current_time():
                 with trio.move_on_at(slot):
                     await self._changed.wait()
-            self._last = trio.current_time()
+            # count from the slot, not from a late wake-up: a busy loop must not slow the
+            # rate down (the next few catch up); after an idle spell, from now (no burst)
+            now = trio.current_time()
+            self._last = slot if now - slot < CATCH_UP else now
 
     def set_rate(self, rate: float) -> None:
         self.interval = 1.0 / _positive_rate(rate)
