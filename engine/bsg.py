@@ -458,6 +458,12 @@ class _Pacer:
 
     def set_rate(self, rate: float) -> None:
         self.interval = 1.0 / _positive_rate(rate)
+        try:
+            # the next slot comes one new interval after the last request, or now: the
+            # time that passed under the old rate is no debt to catch up in a burst
+            self._last = max(self._last, trio.current_time() - self.interval)
+        except RuntimeError:            # outside trio: nothing waits
+            pass
         self._changed.set()             # the head of the line recomputes its slot
         self._changed = trio.Event()
 
