@@ -857,8 +857,7 @@ class _Reader:
         url = self.url(self.child(node, "url"), DEFAULT_BSG_URL)
         # An unset or empty !env for the main key is not an error: it means sandbox.
         api_key = self.secret(self.child(node, "api_key"), unset_ok=True)
-        rate = self.number(self.child(node, "rate"), DEFAULT_RATE,
-                           what="a positive number of requests per second", positive=True)
+        rate = self.rate(self.child(node, "rate"), DEFAULT_RATE, what="a positive number of requests per second")
         # An unset or empty !env means callbacks are off: Herald polls statuses instead.
         callback_secret = self.secret(self.child(node, "callback_secret"), unset_ok=True)
         backup: list[BackupEndpoint] = []
@@ -884,9 +883,8 @@ class _Reader:
                                     what="an amount in the account's currency")
         balance_every = self.duration(self.child(node, "balance_every"), 900.0)
         timeout = self.duration(self.child(node, "timeout"), 10.0)
-        lookup_rate = self.number(self.child(node, "lookup_rate"), DEFAULT_LOOKUP_RATE,
-                                  what="a positive number of look-ups per second", positive=True,
-                                  maximum=MAX_LOOKUP_RATE)
+        lookup_rate = self.rate(self.child(node, "lookup_rate"), DEFAULT_LOOKUP_RATE,
+                                what="a positive number of look-ups per second", maximum=MAX_LOOKUP_RATE)
         lookup_concurrency = self.number(self.child(node, "lookup_concurrency"), DEFAULT_LOOKUP_CONCURRENCY,
                                          what="a whole number of look-ups in flight", integer=True,
                                          positive=True, maximum=MAX_LOOKUP_CONCURRENCY)
@@ -896,6 +894,14 @@ class _Reader:
                          lookup_rate=lookup_rate, lookup_concurrency=lookup_concurrency,
                          uncertain_failover_after=self.wait_or_never(self.child(node, "uncertain_failover_after"),
                                                                      DEFAULT_UNCERTAIN_FAILOVER))
+
+    def rate(self, v: _Val | None, default: float, *, what: str, maximum: float | None = None) -> float:
+        """A positive number per second (.nan is no number: it would stop the BSG client)."""
+        value = self.number(v, default, what=what, positive=True, maximum=maximum)
+        if math.isnan(value):
+            self.error(f"{v.path}: expected {what}, got .nan", v.loc)
+            return default
+        return value
 
     def wait_or_never(self, v: _Val | None, default: float | None) -> float | None:
         """A duration, or `never` (math.inf): how long an unknown outcome may wait."""

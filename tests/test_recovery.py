@@ -109,3 +109,20 @@ async def test_a_rate_raised_by_reload_applies_to_the_running_dispatcher(tmp_pat
 
 
 
+
+
+def test_the_look_up_budget_settings_and_their_errors(tmp_path):
+    import pytest
+    from engine.config import load_config
+    from engine.errors import ConfigError
+    path = tmp_path / "herald.yaml"
+    path.write_text("bsg: {}\n", encoding="utf-8")
+    bsg = load_config(path, env={}).bsg
+    assert (bsg.lookup_rate, bsg.lookup_concurrency) == (50, 16)
+    path.write_text("bsg:\n  lookup_rate: .nan\n  lookup_concurrency: 2.5\n  rate: 0\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    text = info.value.format()
+    assert "herald.yaml:2:16: error: bsg.lookup_rate" in text
+    assert "herald.yaml:3:23: error: bsg.lookup_concurrency: expected a whole number" in text
+    assert "herald.yaml:4:9: error: bsg.rate" in text

@@ -142,3 +142,32 @@ async def test_a_rules_stale_after_ends_it_before_any_failover(tmp_path, virtual
         await sleep_until(daemon, since(row) + 900)       # past the 10 min
         assert message(daemon)["state"] == "expired" and not at_backup(backup, row)
         assert "failover" not in [what for what, _ in outcomes(daemon, row["id"])]
+
+
+# ---------------------------------------------------------------- the setting
+
+def load(tmp_path, text: str):
+    from engine.config import load_config
+    path = tmp_path / "herald.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_config(path, env={})
+
+
+def test_the_setting_defaults_to_10_minutes_never_is_inf_and_a_site_may_override(tmp_path):
+    import math
+    config = load(tmp_path, "bsg: {uncertain_failover_after: never}\n"
+                            "sites: {s1: {uncertain_failover_after: 90s}, s2: {}}\n")
+    assert config.bsg.uncertain_failover_after == math.inf
+    assert config.sites["s1"].uncertain_failover_after == 90
+    assert config.sites["s2"].uncertain_failover_after is None       # bsg's
+    assert load(tmp_path, "bsg: {}\n").bsg.uncertain_failover_after == 600
+
+
+def test_a_bad_value_is_a_located_error_that_says_never_is_allowed(tmp_path):
+    import pytest
+    from engine.errors import ConfigError
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, "bsg:\n  uncertain_failover_after: soon\nsites:\n  s1: {uncertain_failover_after: -5}\n")
+    text = info.value.format()
+    assert "herald.yaml:2:29" in text and "or never" in text
+    assert "sites.s1.uncertain_failover_after" in text
