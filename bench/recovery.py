@@ -111,7 +111,8 @@ def looked_up(store: Store) -> int:
     """Messages with a look-up recorded (found, not found, no answer). Not `sending` rows:
     a message not found goes at once, and waits `sending` for its send slot."""
     with store._lock:
-        return store._conn.execute("SELECT COUNT(DISTINCT message_id) FROM attempts WHERE what = 'lookup'").fetchone()[0]
+        sql = "SELECT COUNT(DISTINCT message_id) FROM attempts WHERE what = 'lookup'"
+        return store._conn.execute(sql).fetchone()[0]
 
 
 def unsent(store: Store) -> int:
