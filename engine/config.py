@@ -143,6 +143,7 @@ class BsgConfig:
     timeout: float = 10.0              # seconds to wait for an answer to one request
     # look-ups of unknown outcomes (recovery, 23/43, uncertain messages): their own budget
     lookup_rate: float = DEFAULT_LOOKUP_RATE          # look-ups per second at most, per account
+                                                      # (unset: 50, or `rate` when higher)
     lookup_concurrency: int = DEFAULT_LOOKUP_CONCURRENCY   # look-ups in flight at most
     # seconds an unknown outcome waits for its endpoint before going to the next one
     # (it may then arrive twice); math.inf: `never`
@@ -883,7 +884,9 @@ class _Reader:
                                     what="an amount in the account's currency")
         balance_every = self.duration(self.child(node, "balance_every"), 900.0)
         timeout = self.duration(self.child(node, "timeout"), 10.0)
-        lookup_rate = self.rate(self.child(node, "lookup_rate"), DEFAULT_LOOKUP_RATE,
+        # by default never slower than sends: a budget of their own must not become a tighter one
+        lookup_rate = self.rate(self.child(node, "lookup_rate"),
+                                max(DEFAULT_LOOKUP_RATE, min(rate, MAX_LOOKUP_RATE)),
                                 what="a positive number of look-ups per second", maximum=MAX_LOOKUP_RATE)
         lookup_concurrency = self.number(self.child(node, "lookup_concurrency"), DEFAULT_LOOKUP_CONCURRENCY,
                                          what="a whole number of look-ups in flight", integer=True,

@@ -119,6 +119,8 @@ def test_the_look_up_budget_settings_and_their_errors(tmp_path):
     path.write_text("bsg: {}\n", encoding="utf-8")
     bsg = load_config(path, env={}).bsg
     assert (bsg.lookup_rate, bsg.lookup_concurrency) == (50, 16)
+    path.write_text("bsg: {rate: 400}\n", encoding="utf-8")
+    assert load_config(path, env={}).bsg.lookup_rate == 400          # never tighter than sends by default
     path.write_text("bsg:\n  lookup_rate: .nan\n  lookup_concurrency: 2.5\n  rate: 0\n", encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
