@@ -63,6 +63,7 @@ GIVE_UP_POLLING_VIBER = timedelta(hours=25)
 RECEIPT_FALLBACK_POLL = 600
 OPERATOR_ALERT_CODES = (1, 2, 6, 8, 9)               # the admin must act: one alert e-mail each
 RECOVERY_WRITE = 200             # recovery outcomes written per transaction (a crash only repeats look-ups)
+RECOVERY_WRITE_EVERY = 0.5       # seconds: a smaller batch is written after this long
 
 
 def backoff(attempts: int, base: float = 5.0, cap: float = 600.0) -> float:
@@ -234,9 +235,14 @@ class Dispatcher:
                 endpoint = self.router.get(row.endpoint)
                 queues.setdefault((endpoint.name, self.client_for(endpoint, row.site).name), []).append(row)
 
+        written = [trio.current_time()]
+
         async def record(outcome: tuple) -> None:
             outcomes.append(outcome)
-            if len(outcomes) >= RECOVERY_WRITE:
+            # a full batch, or a slow endpoint's stragglers after a moment: a message found
+            # or free to go should not wait for 199 others
+            if len(outcomes) >= RECOVERY_WRITE or trio.current_time() - written[0] >= RECOVERY_WRITE_EVERY:
+                written[0] = trio.current_time()
                 await self._write_recovered(outcomes)
 
         async def worker(endpoint: Endpoint, pending: list[OutboxRow]) -> None:
