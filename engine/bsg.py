@@ -11,8 +11,13 @@ A small surface over httpx (tests swap the transport; nothing here is patched):
   requests got, and RETRY for the rest.
 - `sms_status` / `viber_status` / `balance` raise `BsgError` (or `BsgUnavailable`) for a
   failed request; a status look-up returns None when BSG says "not found" (20 / 40).
-- Requests per second are capped by `rate`, shared by every caller of one client; a
-  429 or error 11 pauses the whole client for a moment (Retry-After, else 1 s).
+- Requests per second are capped by `rate`, shared by every caller of one client. Status
+  look-ups made with `lookup=True` (resolving an unknown outcome: recovery after a crash,
+  a 23/43 answer, a message uncertain at another endpoint) have a budget of their own —
+  `lookup_rate` per second, at most `lookup_concurrency` in flight — so thousands of them
+  neither wait behind the send rate cap nor hold up sends. `set_rates()` changes both
+  budgets at once, for the callers already waiting too. A 429 or error 11 pauses the
+  whole client, sends and look-ups, for a moment (Retry-After, else 1 s).
 - The API key goes only into the `X-API-KEY` header: never into a message, a repr, a
   log line or a trace (`on_exchange` gets the request and response bodies, no headers).
 
@@ -35,19 +40,20 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from engine.config import Secret
+from engine.config import DEFAULT_LOOKUP_CONCURRENCY, DEFAULT_LOOKUP_RATE, Secret
 from engine.errors import HeraldError
 
 __all__ = [
     "Kind", "classify", "describe", "SmsItem", "ViberItem", "SendResult", "AltRoute", "Status",
     "Balance", "BsgError", "BsgUnavailable", "BsgClient", "clients_from_config", "parse_status",
-    "redact", "MAX_RECIPIENTS", "FINAL_SUCCESS", "FINAL_FAILURE", "OnExchange",
+    "redact", "MAX_RECIPIENTS", "FINAL_SUCCESS", "FINAL_FAILURE", "OnExchange", "budgets",
 ]
 
 log = logging.getLogger("herald.bsg")
 
 MAX_RECIPIENTS = 50          # per request: the docs say 50, the spec 1000; we send 50
 DEFAULT_PAUSE = 1.0          # seconds the client waits after a 429 / error 11 without Retry-After
+CATCH_UP = 1.0               # seconds of slots a late caller may still catch up (the rate is per second)
 
 FINAL_SUCCESS = frozenset({"delivered", "read"})
 FINAL_FAILURE = frozenset({"expired", "undeliverable", "rejected", "failed", "deleted",
@@ -421,6 +427,56 @@ class _Answer:
         return isinstance(self.body, dict)
 
 
+# --------------------------------------------------------------------------- pacing
+
+class _Pacer:
+    """Requests spaced `1/rate` apart, in the order callers arrive (trio.Lock is fair).
+
+    Only the caller at the head of the line sleeps, until its slot or until the rate
+    changes: a new rate applies at once to everyone already waiting, rather than to the
+    slots handed out under the old one. `pause()` (429, error 11) holds the line."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / _positive_rate(rate)
+        self._last = -math.inf          # trio time the last request was let through
+        self._paused_until = -math.inf
+        self._line = trio.Lock()
+        self._changed = trio.Event()
+
+    def _slot(self) -> float:
+        return max(self._last + self.interval, self._paused_until)
+
+    async def wait(self) -> None:
+        async with self._line:
+            while (slot := self._slot()) > trio.current_time():
+                with trio.move_on_at(slot):
+                    await self._changed.wait()
+            # count from the slot, not from a late wake-up: a busy loop must not slow the
+            # rate down (the next few catch up); after an idle spell, from now (no burst)
+            now = trio.current_time()
+            self._last = slot if now - slot < CATCH_UP else now
+
+    def set_rate(self, rate: float) -> None:
+        self.interval = 1.0 / _positive_rate(rate)
+        try:
+            # the next slot comes one new interval after the last request, or now: the
+            # time that passed under the old rate is no debt to catch up in a burst
+            self._last = max(self._last, trio.current_time() - self.interval)
+        except RuntimeError:            # outside trio: nothing waits
+            pass
+        self._changed.set()             # the head of the line recomputes its slot
+        self._changed = trio.Event()
+
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, trio.current_time() + seconds)
+
+
+def _positive_rate(rate: float) -> float:
+    if not rate or rate <= 0 or math.isnan(rate):
+        raise ValueError("rate must be a positive number of requests per second")
+    return float(rate)
+
+
 # --------------------------------------------------------------------------- the client
 
 class BsgClient:
@@ -428,19 +484,21 @@ class BsgClient:
 
     def __init__(self, url: str, api_key: Secret | str | None, *, rate: float = 20.0,
                  timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None,
-                 name: str = "main", on_exchange: OnExchange | None = None):
-        if not rate or rate <= 0 or math.isnan(rate):
-            raise ValueError("rate must be a positive number of requests per second")
+                 name: str = "main", on_exchange: OnExchange | None = None,
+                 lookup_rate: float = DEFAULT_LOOKUP_RATE,
+                 lookup_concurrency: int = DEFAULT_LOOKUP_CONCURRENCY):
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.url = url.rstrip("/")
         self.name = name
-        self.rate = float(rate)
         self.timeout = float(timeout)
         self.on_exchange = on_exchange
         self._key = api_key if isinstance(api_key, Secret) or api_key is None else Secret(api_key)
-        self._interval = 1.0 / self.rate
-        self._next_slot = -math.inf       # trio time of the next free request slot
+        self._sends = _Pacer(rate)        # every request but budgeted look-ups
+        self._lookups = _Pacer(lookup_rate)
+        self._lookup_slots = trio.CapacityLimiter(_concurrency(lookup_concurrency))
+        self.rate = float(rate)
+        self.lookup_rate = float(lookup_rate)
         self._http = httpx.AsyncClient(
             base_url=self.url + "/", transport=transport, timeout=timeout,
             headers={"Accept": "application/json", "User-Agent": "herald-bsg/1"},
@@ -448,6 +506,22 @@ class BsgClient:
 
     def __repr__(self) -> str:
         return f"BsgClient(name={self.name!r}, url={self.url!r}, rate={self.rate!r})"
+
+    @property
+    def lookup_concurrency(self) -> int:
+        return int(self._lookup_slots.total_tokens)
+
+    def set_rates(self, rate: float, lookup_rate: float | None = None,
+                  lookup_concurrency: int | None = None) -> None:
+        """New budgets (a reload): they apply at once, to callers already waiting too."""
+        self._sends.set_rate(rate)
+        self.rate = float(rate)
+        if lookup_rate is not None:
+            self._lookups.set_rate(lookup_rate)
+            self.lookup_rate = float(lookup_rate)
+        if lookup_concurrency is not None:
+            # look-ups already in flight finish; the new bound holds from the next one
+            self._lookup_slots.total_tokens = _concurrency(lookup_concurrency)
 
     __str__ = __repr__
 
@@ -457,7 +531,7 @@ class BsgClient:
     @classmethod
     def from_config(cls, cfg: Any, **kw: Any) -> "BsgClient":
         """The main endpoint of a BsgConfig."""
-        return cls(cfg.url, cfg.api_key, rate=cfg.rate, **kw)
+        return cls(cfg.url, cfg.api_key, **budgets(cfg), **kw)
 
     async def __aenter__(self) -> "BsgClient":
         return self
@@ -470,18 +544,16 @@ class BsgClient:
 
     # ----------------------------------------------------------------- rate and transport
 
-    async def _wait_turn(self) -> None:
-        """Space requests 1/rate apart; callers of one client share the slots."""
-        now = trio.current_time()
-        slot = max(now, self._next_slot)
-        self._next_slot = slot + self._interval
-        if slot > now:
-            await trio.sleep_until(slot)
+    async def _wait_turn(self, lookup: bool = False) -> None:
+        """Space requests 1/rate apart (look-ups: 1/lookup_rate); callers of one client
+        share the slots."""
+        await (self._lookups if lookup else self._sends).wait()
 
     def _pause(self, seconds: float | None) -> None:
         """After a 429 / error 11: no request from this client before now + seconds."""
         seconds = DEFAULT_PAUSE if seconds is None else min(seconds, 60.0)
-        self._next_slot = max(self._next_slot, trio.current_time() + seconds)
+        self._sends.pause(seconds)
+        self._lookups.pause(seconds)
         log.warning("BSG %s: too many requests — pausing %.1f s", self.name, seconds)
 
     def _trace(self, method: str, path: str, request_json: Any, status: int | None,
@@ -495,9 +567,17 @@ class BsgClient:
         except Exception:   # a broken trace store must not break sending
             log.exception("BSG %s: the on_exchange callback failed", self.name)
 
-    async def _exchange(self, method: str, path: str, payload: Any = None) -> _Answer:
+    async def _exchange(self, method: str, path: str, payload: Any = None, *,
+                        lookup: bool = False) -> _Answer:
         """One HTTP request. Raises BsgUnavailable when no answer came."""
-        await self._wait_turn()
+        if lookup:
+            async with self._lookup_slots:
+                return await self._request(method, path, payload, lookup=True)
+        return await self._request(method, path, payload)
+
+    async def _request(self, method: str, path: str, payload: Any = None, *,
+                       lookup: bool = False) -> _Answer:
+        await self._wait_turn(lookup)
         headers = {"X-API-KEY": self._key.reveal()} if self._key else {}
         started = trio.current_time()
         try:
@@ -766,17 +846,23 @@ class BsgClient:
 
     # ----------------------------------------------------------------- reads
 
-    async def sms_status(self, reference: str) -> Status | None:
-        """The status of the SMS sent with this reference; None when BSG has none (20)."""
-        return await self._status(f"/sms/reference/{quote(reference, safe='')}", "SMS status")
+    # BSG has no look-up of many references in one request: GET /sms/task/{task_id} reads
+    # a bulk send's task, whose id only comes back in the answer — and an unknown outcome
+    # is exactly a send whose answer never came. So references are looked up one by one,
+    # concurrently, under the look-up budget.
 
-    async def viber_status(self, reference: str) -> Status | None:
+    async def sms_status(self, reference: str, *, lookup: bool = False) -> Status | None:
+        """The status of the SMS sent with this reference; None when BSG has none (20).
+        `lookup=True`: paced by the look-up budget instead of the send rate cap."""
+        return await self._status(f"/sms/reference/{quote(reference, safe='')}", "SMS status", lookup)
+
+    async def viber_status(self, reference: str, *, lookup: bool = False) -> Status | None:
         """The status of the Viber message with this reference, with its SMS fallback in
-        `alt_route`; None when BSG has none (40)."""
-        return await self._status(f"/viber/reference/{quote(reference, safe='')}", "Viber status")
+        `alt_route`; None when BSG has none (40). `lookup=True` as for sms_status."""
+        return await self._status(f"/viber/reference/{quote(reference, safe='')}", "Viber status", lookup)
 
-    async def _status(self, path: str, what: str) -> Status | None:
-        answer = await self._exchange("GET", path)
+    async def _status(self, path: str, what: str, lookup: bool = False) -> Status | None:
+        answer = await self._exchange("GET", path, lookup=lookup)
         body = answer.body
         if isinstance(body, dict):
             inner = body.get("result") if isinstance(body.get("result"), dict) else body
@@ -817,11 +903,22 @@ class BsgClient:
         raise self._failure(answer, "incoming SMS")
 
 
+def _concurrency(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("lookup_concurrency must be a whole number of at least 1")
+    return value
+
+
+def budgets(cfg: Any) -> dict[str, Any]:
+    """The BsgClient keyword arguments for a BsgConfig's rate and look-up budget."""
+    return {"rate": cfg.rate, "lookup_rate": cfg.lookup_rate, "lookup_concurrency": cfg.lookup_concurrency}
+
+
 def clients_from_config(cfg: Any, **kw: Any) -> list[BsgClient]:
     """The main client of a BsgConfig, then one per backup endpoint ("backup1", …);
     a backup without its own key uses the main key."""
-    clients = [BsgClient(cfg.url, cfg.api_key, rate=cfg.rate, name="main", **kw)]
+    clients = [BsgClient(cfg.url, cfg.api_key, name="main", **budgets(cfg), **kw)]
     for n, b in enumerate(cfg.backup, 1):
         clients.append(BsgClient(b.url, b.api_key if b.api_key is not None else cfg.api_key,
-                                 rate=cfg.rate, name=f"backup{n}", **kw))
+                                 name=f"backup{n}", **budgets(cfg), **kw))
     return clients

@@ -43,6 +43,9 @@ SECRETS_FILE = "secrets.yaml"
 DEFAULT_TIMEZONE = "Europe/Moscow"
 DEFAULT_BSG_URL = "https://api.bsg.world/rest"
 DEFAULT_RATE = 20.0
+DEFAULT_LOOKUP_RATE = 50.0           # BSG publishes no limit; look-ups are rare bursts
+DEFAULT_LOOKUP_CONCURRENCY = 16
+DEFAULT_UNCERTAIN_FAILOVER = 600.0   # 10 minutes
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8780
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -105,6 +108,9 @@ def reveal(value: Any) -> Any:
     return value.reveal() if isinstance(value, Secret) else value
 
 
+MAX_LOOKUP_RATE = 10_000.0
+MAX_LOOKUP_CONCURRENCY = 1000
+
 # --------------------------------------------------------------------------- the model
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +141,13 @@ class BsgConfig:
     balance_alert: float | None = None # alert the admins when the balance falls under this
     balance_every: float = 900.0       # seconds between balance reads (provider.balance events)
     timeout: float = 10.0              # seconds to wait for an answer to one request
+    # look-ups of unknown outcomes (recovery, 23/43, uncertain messages): their own budget
+    lookup_rate: float = DEFAULT_LOOKUP_RATE          # look-ups per second at most, per account
+                                                      # (unset: 50, or `rate` when higher)
+    lookup_concurrency: int = DEFAULT_LOOKUP_CONCURRENCY   # look-ups in flight at most
+    # seconds an unknown outcome waits for its endpoint before going to the next one
+    # (it may then arrive twice); math.inf: `never`
+    uncertain_failover_after: float = DEFAULT_UNCERTAIN_FAILOVER
 
     @property
     def callbacks(self) -> bool:
@@ -172,6 +185,7 @@ class Site:
     omni_deadline: float = 600.0       # omni: engine — seconds Viber may take before the SMS goes
     language: str = "ru"
     api_key: Secret | None = None      # the site's own BSG account (None: bsg.api_key)
+    uncertain_failover_after: float | None = None   # None: bsg.uncertain_failover_after; inf: never
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -936,13 +950,13 @@ class _Reader:
     TOP_KEYS = ("store", "rules", "templates", "timezone", "bsg", "senders", "sites",
                 "http", "smtp", "connectors", "directory", "bitrix24", "subscriptions")
     BSG_KEYS = ("url", "api_key", "backup", "rate", "callback_secret", "failover", "balance_alert",
-                "balance_every", "timeout")
+                "balance_every", "timeout", "lookup_rate", "lookup_concurrency", "uncertain_failover_after")
     FAILOVER_KEYS = ("window", "failures", "ratio", "probe", "slow_receipts")
     BACKUP_KEYS = ("url", "api_key")
     SENDER_KEYS = ("sms", "viber")
     SITE_KEYS = ("name", "server_name", "email_from", "phone_from", "timezone", "channel",
                  "sms_sender", "viber_sender", "send_window", "admins", "admin_email",
-                 "translit", "omni", "omni_deadline", "language", "api_key")
+                 "translit", "omni", "omni_deadline", "language", "api_key", "uncertain_failover_after")
     HTTP_KEYS = ("listen", "tokens", "max_body", "trusted_proxies")
     SMTP_KEYS = ("host", "port", "from", "username", "password", "starttls")
     DIRECTORY_KEYS = ("file", "bitrix", "ttl", "groups")
@@ -1003,8 +1017,7 @@ class _Reader:
         url = self.url(self.child(node, "url"), DEFAULT_BSG_URL)
         # An unset or empty !env for the main key is not an error: it means sandbox.
         api_key = self.secret(self.child(node, "api_key"), unset_ok=True)
-        rate = self.number(self.child(node, "rate"), DEFAULT_RATE,
-                           what="a positive number of requests per second", positive=True)
+        rate = self.rate(self.child(node, "rate"), DEFAULT_RATE, what="a positive number of requests per second")
         # An unset or empty !env means callbacks are off: Herald polls statuses instead.
         callback_secret = self.secret(self.child(node, "callback_secret"), unset_ok=True)
         backup: list[BackupEndpoint] = []
@@ -1030,9 +1043,42 @@ class _Reader:
                                     what="an amount in the account's currency")
         balance_every = self.duration(self.child(node, "balance_every"), 900.0)
         timeout = self.duration(self.child(node, "timeout"), 10.0)
+        # by default never slower than sends: a budget of their own must not become a tighter one
+        lookup_rate = self.rate(self.child(node, "lookup_rate"),
+                                max(DEFAULT_LOOKUP_RATE, min(rate, MAX_LOOKUP_RATE)),
+                                what="a positive number of look-ups per second", maximum=MAX_LOOKUP_RATE)
+        lookup_concurrency = self.number(self.child(node, "lookup_concurrency"), DEFAULT_LOOKUP_CONCURRENCY,
+                                         what="a whole number of look-ups in flight", integer=True,
+                                         positive=True, maximum=MAX_LOOKUP_CONCURRENCY)
         return BsgConfig(url=url, api_key=api_key, backup=tuple(backup), rate=rate,
                          callback_secret=callback_secret, failover=self.failover(self.child(node, "failover")),
-                         balance_alert=balance_alert, balance_every=balance_every, timeout=timeout)
+                         balance_alert=balance_alert, balance_every=balance_every, timeout=timeout,
+                         lookup_rate=lookup_rate, lookup_concurrency=lookup_concurrency,
+                         uncertain_failover_after=self.wait_or_never(self.child(node, "uncertain_failover_after"),
+                                                                     DEFAULT_UNCERTAIN_FAILOVER))
+
+    def rate(self, v: _Val | None, default: float, *, what: str, maximum: float | None = None) -> float:
+        """A positive number per second (.nan is no number: it would stop the BSG client)."""
+        value = self.number(v, default, what=what, positive=True, maximum=maximum)
+        if math.isnan(value):
+            self.error(f"{v.path}: expected {what}, got .nan", v.loc)
+            return default
+        return value
+
+    def wait_or_never(self, v: _Val | None, default: float | None) -> float | None:
+        """A duration, or `never` (math.inf): how long an unknown outcome may wait."""
+        if v is None:
+            return default
+        raw, origin = self.resolve(v)
+        if isinstance(raw, str) and raw.strip().lower() == "never":
+            return math.inf
+        numeric = isinstance(raw, (int, float)) and not _is_bool(raw)
+        if raw is _MISSING or raw is None or (numeric and math.isfinite(raw) and raw > 0) or (
+                isinstance(raw, str) and re.fullmatch(r"(\d+(ms|s|m|h|d|w))+", raw.strip())):
+            return self.duration(v, default)
+        self.error(f"{v.path}: expected a duration such as 30s, 10m or 1h, or never, got "
+                   f"{self.what(raw, origin)}", v.loc)
+        return default
 
     def failover(self, node: _Val | None) -> Failover:
         if node is None or node.raw is None:
@@ -1179,6 +1225,7 @@ class _Reader:
             omni_deadline=self.duration(c("omni_deadline"), 600.0),
             language=self.language(c("language")),
             api_key=self.secret(c("api_key")),
+            uncertain_failover_after=self.wait_or_never(c("uncertain_failover_after"), None),
         )
 
     def sender(self, v: _Val | None, allowed: tuple[str, ...], where: str) -> str:

@@ -383,6 +383,8 @@ class Daemon:
                           type(exc).__name__, len(self.project.rules))
             return False, [f"internal error while loading ({type(exc).__name__}); see the daemon's log"]
         await self.db(self._swap, config, project)
+        if self.dispatcher is not None:
+            self.dispatcher.apply_config(config)      # bsg.rate and the look-up budget, at once
         self.reloaded.set()
         self.events_wake.set()
         log.info("reloaded: %d rule(s)", len(project.rules))

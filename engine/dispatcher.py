@@ -8,8 +8,14 @@ Guarantees (docs/delivery.md):
   by asking that endpoint for the reference — sent if it has it, queued again if not.
 - One endpoint per message. When an attempt's outcome is unknown (a timeout or a
   dropped connection after the request went out, HTTP 5xx), the message remembers the
-  endpoint (`uncertain_at`); before it may go anywhere else, the reference is looked up
-  there. A refused connection is certain: nothing was sent, the message moves on at once.
+  endpoint (`uncertain_at`, and since when); before it may go anywhere else, the
+  reference is looked up there. A refused connection is certain: nothing was sent, the
+  message moves on at once. Only when that endpoint has not answered a look-up for
+  `bsg.uncertain_failover_after` (default 10 min; per site; `never` allowed) does the
+  message go to the next endpoint — its trace and an alert say it may arrive twice.
+- Look-ups (recovery after a crash, 23/43 answers, uncertain messages) have their own
+  budget per BSG account (`bsg.lookup_rate`, `bsg.lookup_concurrency`), so thousands of
+  `sending` rows left by crashes resolve in seconds, not at the send rate cap.
 - Health routing. New traffic goes to the first healthy endpoint in priority order
   (engine/endpoints.py); a tripped endpoint is probed and gets traffic back when well.
   With every endpoint down, messages wait queued — without spending attempts.
@@ -23,16 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 from contextlib import AsyncExitStack
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Sequence
 
 import trio
 
 from engine.bsg import (BsgClient, BsgError, BsgUnavailable, Kind, SendResult, SmsItem, Status, ViberItem,
-                        describe, parse_status)
+                        budgets, describe, parse_status)
 from engine.endpoints import Endpoint, Router
 from engine.events import Event
 from engine.store import OutboxRow
@@ -55,8 +62,9 @@ GIVE_UP_POLLING_VIBER = timedelta(hours=25)
 # schedule continues from there (15 min, then hourly) until GIVE_UP_POLLING.
 RECEIPT_FALLBACK_POLL = 600
 OPERATOR_ALERT_CODES = (1, 2, 6, 8, 9)               # the admin must act: one alert e-mail each
-LOOKUP_CONCURRENCY = 8
 BALANCE_RETRY = 5.0              # seconds: a balance read due while no endpoint is healthy waits this long
+RECOVERY_WRITE = 200             # recovery outcomes written per transaction (a crash only repeats look-ups)
+RECOVERY_WRITE_EVERY = 0.5       # seconds: a smaller batch is written after this long
 
 
 def backoff(attempts: int, base: float = 5.0, cap: float = 600.0) -> float:
@@ -114,7 +122,7 @@ class Dispatcher:
             async with AsyncExitStack() as stack:
                 endpoints = []
                 for name, url, key, transport in specs:
-                    client = BsgClient(url, key, rate=bsg.rate, timeout=bsg.timeout, transport=transport,
+                    client = BsgClient(url, key, **budgets(bsg), timeout=bsg.timeout, transport=transport,
                                        name=name, on_exchange=partial(self._record_exchange, name))
                     await stack.enter_async_context(client)
                     endpoints.append(Endpoint(name, client, bsg.failover))
@@ -166,12 +174,25 @@ class Dispatcher:
         client = self._site_clients.get((endpoint.name, site))
         if client is None:
             bsg = self.daemon.config.bsg
-            client = BsgClient(endpoint.client.url, config.api_key, rate=bsg.rate, timeout=bsg.timeout,
+            client = BsgClient(endpoint.client.url, config.api_key, **budgets(bsg), timeout=bsg.timeout,
                                transport=self._main_keyed[endpoint.name], name=f"{endpoint.name}/{site}",
                                on_exchange=partial(self._record_exchange, endpoint.name))
             self._stack.push_async_callback(client.aclose)
             self._site_clients[(endpoint.name, site)] = client
         return client
+
+    def apply_config(self, config) -> None:
+        """A reload: the new rate and look-up budget apply to every client at once (callers
+        already waiting for a slot included), the new failover policy to every endpoint."""
+        if self.router is None:
+            return
+        clients = [e.client for e in self.router.endpoints] + list(self._site_clients.values())
+        for client in clients:
+            client.set_rates(**budgets(config.bsg))
+        for endpoint in self.router.endpoints:
+            endpoint.policy = config.bsg.failover
+        log.info("BSG budgets: %g request(s)/s, look-ups %g/s with %d in flight",
+                 config.bsg.rate, config.bsg.lookup_rate, config.bsg.lookup_concurrency)
 
     def _by_account(self, rows: Sequence[OutboxRow]) -> list[list[OutboxRow]]:
         """Rows split by the BSG account they go through (sites with their own key apart)."""
@@ -200,51 +221,96 @@ class Dispatcher:
     # ---- recovery after a crash ----
     async def _recover(self, rows: Sequence[OutboxRow]) -> None:
         """Resolve the messages a crash left in `sending`, by reference at the endpoint each
-        went to — in the background and in parallel, so the API and new traffic do not
-        wait for a slow or dead endpoint. (They were fetched before the send loop started,
-        and nothing else touches `sending` rows.)"""
+        went to — in the background, so the API and new traffic do not wait. Look-ups run
+        concurrently under the look-up budget (not the send rate cap: 2,000 of them take
+        seconds, not hours); outcomes are written in batches (a crash before a write only
+        repeats its look-ups). (The rows were fetched before the send loop started, and
+        nothing else touches `sending` rows.)"""
         if not rows:
             return
         log.info("resolving %d message(s) left in `sending` by their BSG reference", len(rows))
-        limiter = trio.CapacityLimiter(LOOKUP_CONCURRENCY)
+        started = trio.current_time()
+        outcomes: list[tuple] = [("unsent", row, None, None) for row in rows if row.endpoint is None]
+        queues: dict[tuple[str, str], list[OutboxRow]] = {}
+        for row in rows:
+            if row.endpoint is not None:       # (None: claimed, never routed: no call was made)
+                endpoint = self.router.get(row.endpoint)
+                queues.setdefault((endpoint.name, self.client_for(endpoint, row.site).name), []).append(row)
 
-        async def resolve(row: OutboxRow) -> None:
-            if row.endpoint is None:       # claimed, never routed: no call was made
-                await self.daemon.db(self._resolved_unsent, row, None)
-                return
-            endpoint = self.router.get(row.endpoint)
-            if not endpoint.healthy:
-                await self.daemon.db(self._wait_for_lookup, row, endpoint.name, "")
-                return
-            async with limiter:
-                try:
-                    status = await self._lookup(row, endpoint)
-                except BsgError as exc:
-                    await self.daemon.db(self._wait_for_lookup, row, endpoint.name, f"in flight at restart: {exc}")
-                    return
-            if status is None:
-                await self.daemon.db(self._resolved_unsent, row, endpoint.name)
-            elif await self.daemon.db(self._mark_sent_from_status, row, status, endpoint.name):
-                self.daemon.events_wake.set()
+        written = [trio.current_time()]
+
+        async def record(outcome: tuple) -> None:
+            outcomes.append(outcome)
+            # a full batch, or a slow endpoint's stragglers after a moment: a message found
+            # or free to go should not wait for 199 others
+            if len(outcomes) >= RECOVERY_WRITE or trio.current_time() - written[0] >= RECOVERY_WRITE_EVERY:
+                written[0] = trio.current_time()
+                await self._write_recovered(outcomes)
+
+        async def worker(endpoint: Endpoint, pending: list[OutboxRow]) -> None:
+            while pending:
+                row = pending.pop()
+                await record(await self._recover_one(row, endpoint))
 
         async with trio.open_nursery() as nursery:
-            for row in rows:
-                nursery.start_soon(resolve, row)
+            for (name, _), pending in queues.items():
+                pending.reverse()              # pop() from the end: oldest first
+                for _ in range(min(len(pending), self.daemon.config.bsg.lookup_concurrency)):
+                    nursery.start_soon(worker, self.router.get(name), pending)
+        await self._write_recovered(outcomes)
+        log.info("resolved %d message(s) left in `sending` in %.1f s", len(rows), trio.current_time() - started)
         self.daemon.dispatch_wake.set()
+
+    async def _recover_one(self, row: OutboxRow, endpoint: Endpoint) -> tuple:
+        """One look-up: (outcome, row, endpoint name, status or error text)."""
+        if not endpoint.healthy:           # tripped meanwhile: it waits for the probe
+            return ("wait", row, endpoint.name, "")
+        try:
+            status = await self._lookup(row, endpoint)
+        except BsgError as exc:
+            # no answer counts towards the endpoint's health: when it is down, the rest
+            # wait for its probe instead of each timing out in turn
+            failed = isinstance(exc, BsgUnavailable) or (exc.http_status or 0) >= 500
+            await self._health(endpoint, endpoint.record(not failed, self.ts(), str(exc)))
+            return ("wait", row, endpoint.name, f"in flight at restart: {exc}")
+        endpoint.record(True, self.ts())
+        return ("found", row, endpoint.name, status) if status is not None else ("not found", row, endpoint.name, None)
+
+    async def _write_recovered(self, outcomes: list[tuple]) -> None:
+        batch, outcomes[:] = list(outcomes), []
+        if batch and await self.daemon.db(self._apply_recovered, batch):
+            self.daemon.events_wake.set()
+        await self._flush_exchanges()
+        self.daemon.dispatch_wake.set()        # messages not found go now
+
+    def _apply_recovered(self, outcomes: Sequence[tuple]) -> bool:
+        """Record a batch of recovery outcomes in one transaction; True when a message
+        became final (an early delivery report)."""
+        final = False
+        with self.store.transaction():
+            for what, row, endpoint, detail in outcomes:
+                if what in ("unsent", "not found"):
+                    self._resolved_unsent(row, endpoint)
+                elif what == "found":
+                    final |= self._mark_sent_from_status(row, detail, endpoint)
+                else:
+                    self._wait_for_lookup(row, endpoint, detail)
+        return final
 
     def _resolved_unsent(self, row: OutboxRow, endpoint: str | None) -> None:
         with self.store.transaction():
             self.store.update_message(row.id, state="queued", reason="", next_attempt_at=self.ts(),
-                                      attempts=max(row.attempts - 1, 0), uncertain_at=None)
+                                      attempts=max(row.attempts - 1, 0), uncertain_at=None, uncertain_since=None)
             self._log(row.id, "lookup", "not found" if endpoint else "not sent", endpoint, row,
                       "in flight at restart: " + (f"{endpoint} does not have it; it goes now" if endpoint
                                                   else "claimed but never sent; it goes now"))
 
     async def _lookup(self, row: OutboxRow, endpoint: Endpoint) -> Status | None:
+        """Is the message's reference at `endpoint`? Under the look-up budget."""
         client = self.client_for(endpoint, row.site)
         if row.kind == "sms":
-            return await client.sms_status(row.leg_reference)
-        return await client.viber_status(row.leg_reference)
+            return await client.sms_status(row.leg_reference, lookup=True)
+        return await client.viber_status(row.leg_reference, lookup=True)
 
     # ---- sending ----
     async def _send_loop(self) -> None:
@@ -295,33 +361,114 @@ class Dispatcher:
     async def _settle_uncertain(self, rows: Sequence[OutboxRow], target: Endpoint) -> list[OutboxRow]:
         """Messages whose last attempt may have reached another endpoint: look each up
         there first. Found → it was sent there (recorded); not found → free to go to
-        `target`; no answer → it waits (sending it elsewhere could send it twice)."""
+        `target`; no answer → it waits (sending it elsewhere could send it twice) — until
+        `bsg.uncertain_failover_after` has passed: then it goes to `target` anyway, and
+        its trace and an alert say it may arrive twice."""
         free: list[OutboxRow] = []
-        limiter = trio.CapacityLimiter(LOOKUP_CONCURRENCY)
+        moved: list[OutboxRow] = []
 
         async def settle(row: OutboxRow) -> None:
             where = self.router.get(row.uncertain_at)
-            if not where.healthy:
-                # no use asking a tripped endpoint: wait for its probe to succeed
-                await self.daemon.db(self._wait_for_lookup, row, where.name, "")
-                return
-            async with limiter:
+            error = ""
+            if where.healthy:
                 try:
                     status = await self._lookup(row, where)
                 except BsgError as exc:
-                    await self.daemon.db(self._wait_for_lookup, row, where.name, str(exc))
+                    error = str(exc)
+                else:
+                    if status is None:
+                        await self.daemon.db(self._log, row.id, "lookup", "not found", where.name, row,
+                                             f"{where.name} does not have it: sending through {target.name}")
+                        free.append(dataclasses.replace(row, uncertain_at=None, uncertain_since=None))
+                    elif await self.daemon.db(self._mark_sent_from_status, row, status, where.name):
+                        self.daemon.events_wake.set()
                     return
-            if status is None:
-                await self.daemon.db(self._log, row.id, "lookup", "not found", where.name, row,
-                                     f"{where.name} does not have it: sending through {target.name}")
-                free.append(dataclasses.replace(row, uncertain_at=None))
-            elif await self.daemon.db(self._mark_sent_from_status, row, status, where.name):
-                self.daemon.events_wake.set()
+            if self.ts() >= self._failover_deadline(row):
+                moved.append(row)
+            else:
+                # no use asking a tripped endpoint (error ""): wait for its probe to succeed
+                await self.daemon.db(self._wait_for_lookup, row, where.name, error)
 
         async with trio.open_nursery() as nursery:
             for row in rows:
                 nursery.start_soon(settle, row)
+        if moved:
+            await self.daemon.db(self._fail_over, moved, target)
+            free += [dataclasses.replace(row, uncertain_at=None, uncertain_since=None) for row in moved]
         return free
+
+    # ---- unknown outcomes: how long they wait, and going elsewhere ----
+    def _failover_after(self, site: str | None) -> float:
+        """Seconds an unknown outcome waits for its endpoint (math.inf: never): the
+        site's `uncertain_failover_after`, else bsg's."""
+        config = self.daemon.config
+        own = config.sites[site].uncertain_failover_after if site in config.sites else None
+        return config.bsg.uncertain_failover_after if own is None else own
+
+    def _failover_deadline(self, row: OutboxRow) -> float:
+        """When a message uncertain at an endpoint may go to the next one (math.inf: never)."""
+        return (row.uncertain_since or self.ts()) + self._failover_after(row.site)
+
+    def _uncertain(self, row: OutboxRow, where: str | None) -> dict:
+        """The columns saying the message may be at `where` (None: nowhere), and since
+        when — kept while it stays uncertain at the same endpoint."""
+        if where is None:
+            return {"uncertain_at": None, "uncertain_since": None}
+        since = row.uncertain_since if row.uncertain_at == where and row.uncertain_since else self.ts()
+        return {"uncertain_at": where, "uncertain_since": since}
+
+    def _fail_over(self, rows: Sequence[OutboxRow], target: Endpoint) -> None:
+        """Messages whose endpoint has not answered a look-up for uncertain_failover_after
+        go to `target` now: their trace says they may arrive twice, and one alert per
+        endpoint tells the admins (more messages while it is open are only counted)."""
+        by_endpoint: dict[str, list[OutboxRow]] = {}
+        with self.store.transaction():
+            for row in rows:
+                waited = _minutes(self.ts() - (row.uncertain_since or self.ts()))
+                self._log(row.id, "failover", "may arrive twice", row.uncertain_at, row,
+                          f"its outcome at {row.uncertain_at} has been unknown for {waited} "
+                          f"(bsg.uncertain_failover_after): sending through {target.name}; "
+                          f"it may arrive twice")
+                by_endpoint.setdefault(row.uncertain_at, []).append(row)
+            for where, moved in by_endpoint.items():
+                log.warning("%d message(s) with an unknown outcome at %s go through %s after %s: "
+                            "they may arrive twice", len(moved), where, target.name,
+                            _minutes(self._failover_after(moved[0].site)))
+                self._failover_alert(where, target, moved)
+
+    def _failover_alert(self, where: str, target: Endpoint, rows: Sequence[OutboxRow]) -> None:
+        self._failover_open.add(where)
+        if self.alerter is None:
+            return
+        listed = ", ".join(f"{r.id} ({r.leg_reference})" for r in rows[:20]) + (" …" if len(rows) > 20 else "")
+        self.alerter.open(
+            f"uncertain.failover:{where}",
+            f"Messages in flight at BSG {where} went through {target.name}: they may arrive twice",
+            f"BSG endpoint {where} stopped answering while these messages were in flight, so it may "
+            f"have taken them; it has not answered a look-up since. After bsg.uncertain_failover_after "
+            f"they were sent through {target.name} ({target.client.url}) and MAY ARRIVE TWICE.\n\n"
+            f"Messages (id and BSG reference): {listed}\n\n"
+            "More messages moved for the same reason while this incident is open are counted, not mailed. "
+            f"You get one more e-mail when {where} takes messages again.\n"
+            "What to do: nothing, unless duplicates are worse than delay for you: then set "
+            "bsg.uncertain_failover_after (or sites.<id>.uncertain_failover_after) to `never` "
+            "— such messages then wait for their endpoint however long it is down.")
+
+    @property
+    def _failover_open(self) -> set:
+        if not hasattr(self, "_failover_endpoints"):
+            # after a restart any endpoint may have an open incident: its first success checks
+            self._failover_endpoints = {e.name for e in self.router.endpoints}
+        return self._failover_endpoints
+
+    def _failover_resolved(self, endpoint: str) -> None:
+        if endpoint not in self._failover_open:
+            return
+        self._failover_open.discard(endpoint)
+        if self.alerter is not None:
+            self.alerter.resolve(f"uncertain.failover:{endpoint}", f"BSG {endpoint} takes messages again",
+                                 f"BSG endpoint {endpoint} accepted messages again; messages in flight there "
+                                 "no longer need to go elsewhere.")
 
     async def _send_group(self, rows: Sequence[OutboxRow], is_sms: bool, endpoint: Endpoint) -> None:
         client = self.client_for(endpoint, rows[0].site)     # rows share an account (_by_account)
@@ -391,7 +538,11 @@ class Dispatcher:
                     self._log(row.id, "expire", "expired", None, row, reason)
                     continue
                 reason = "stale: not handed to BSG before its `stale after` ran out"
-                self.store.update_message(row.id, state="expired", reason=reason)
+                if row.uncertain_at:
+                    reason = (f"stale: its `stale after` ran out while its outcome at {row.uncertain_at} was "
+                              "unknown (it may have been sent there); not sent anywhere else")
+                self.store.update_message(row.id, state="expired", reason=reason, uncertain_at=None,
+                                          uncertain_since=None)
                 self._log(row.id, "expire", "expired", None, row, reason)
                 self._emit_final({"id": row.id}, "failed", "expired")
 
@@ -409,7 +560,8 @@ class Dispatcher:
     def _route(self, rows: Sequence[OutboxRow], endpoint: str) -> None:
         with self.store.transaction():
             for row in rows:
-                self.store.update_message(row.id, endpoint=endpoint, uncertain_at=row.uncertain_at)
+                self.store.update_message(row.id, endpoint=endpoint, uncertain_at=row.uncertain_at,
+                                          uncertain_since=row.uncertain_since)
 
     def _wait_for_lookup(self, row: OutboxRow, where: str, error: str) -> None:
         """The message may be at `where`, which cannot tell yet: it waits (its next look
@@ -419,16 +571,24 @@ class Dispatcher:
             wake = self.ts() + max(backoff(max(row.attempts, 1)), self.daemon.config.bsg.failover.probe)
         else:
             wake = max(endpoint.probe_at or 0.0, self.ts() + 1.0)
+        uncertain = self._uncertain(row, where)
+        after = self._failover_after(row.site)
+        deadline = uncertain["uncertain_since"] + after
+        if deadline < wake:
+            wake = max(deadline, self.ts() + 1.0)     # it may go elsewhere then: be there on time
+        then = ("for as long as that takes (bsg.uncertain_failover_after: never)" if after == math.inf else
+                f"until {_iso(deadline)}; then it goes to the next endpoint and may arrive twice "
+                "(bsg.uncertain_failover_after)")
         with self.store.transaction():
             self.store.update_message(
-                row.id, state="queued", attempts=max(row.attempts - 1, 0), next_attempt_at=wake, uncertain_at=where,
+                row.id, state="queued", attempts=max(row.attempts - 1, 0), next_attempt_at=wake, **uncertain,
                 reason=f"the last attempt's outcome at {where} is unknown; waiting for {where} to answer "
-                       f"a lookup before sending anywhere else (so it is never sent twice)")
+                       f"a lookup before sending anywhere else (so it is never sent twice) {then}")
             if error:
                 self._log(row.id, "lookup", "no answer", where, row, error)
 
     def _requeue(self, row: OutboxRow, reason: str, delay: float, uncertain_at: str | None) -> None:
-        self.store.update_message(row.id, state="queued", reason=reason, uncertain_at=uncertain_at,
+        self.store.update_message(row.id, state="queued", reason=reason, **self._uncertain(row, uncertain_at),
                                   next_attempt_at=self.ts() + delay)
 
     def _after_failure(self, row: OutboxRow, result: SendResult, endpoint: str, account: str) -> bool:
@@ -444,15 +604,16 @@ class Dispatcher:
             outcome = str(kind)
         self._log(row.id, "send", outcome, endpoint, row, reason)
         if kind == Kind.FATAL:
-            self.store.update_message(row.id, state="failed", reason=reason, error_code=code, uncertain_at=None)
+            self.store.update_message(row.id, state="failed", reason=reason, error_code=code, uncertain_at=None,
+                                      uncertain_since=None)
             self._emit_final({"id": row.id}, "failed", f"error {code}" if code else "rejected")
             return True
         if kind == Kind.OPERATOR:
             # the account needs attention (key, funds, tariff): keep the message, retry slowly;
             # not the message's fault, so the attempt is given back
             self.store.update_message(row.id, state="queued", reason=reason + " (waiting for the operator)",
-                                      error_code=code, next_attempt_at=self.ts() + 300, uncertain_at=uncertain,
-                                      attempts=max(row.attempts - 1, 0))
+                                      error_code=code, next_attempt_at=self.ts() + 300,
+                                      **self._uncertain(row, uncertain), attempts=max(row.attempts - 1, 0))
             if code in OPERATOR_ALERT_CODES:
                 self._operator_alert(code, result.description, account)
             return False
@@ -466,17 +627,18 @@ class Dispatcher:
                 # record it before anyone looks the reference up
                 delay = max(delay, 2 * self.daemon.config.bsg.timeout)
             self.store.update_message(row.id, state="queued", reason=reason, error_code=code,
-                                      uncertain_at=uncertain, next_attempt_at=self.ts() + delay,
+                                      **self._uncertain(row, uncertain), next_attempt_at=self.ts() + delay,
                                       attempts=max(row.attempts - 1, 0))
             return False
         answered = self.store.count_attempts(row.id, "send", "retry")     # this one included
         if answered >= MAX_ATTEMPTS:
             self.store.update_message(row.id, state="failed", error_code=code, uncertain_at=None,
+                                      uncertain_since=None,
                                       reason=f"gave up after {answered} retryable errors; last: {reason}")
             self._emit_final({"id": row.id}, "failed", f"error {code}" if code else "gave up")
             return True
         self.store.update_message(row.id, state="queued", reason=reason, error_code=code,
-                                  uncertain_at=uncertain, next_attempt_at=self.ts() + max(
+                                  **self._uncertain(row, uncertain), next_attempt_at=self.ts() + max(
                                       backoff(answered), 2 * self.daemon.config.bsg.timeout if uncertain else 0.0))
         return False
 
@@ -530,7 +692,7 @@ class Dispatcher:
     def _sent_fields(self, row: OutboxRow, now: float) -> dict:
         """Columns of a message that BSG just took (the current leg)."""
         fields = dict(state="sent", reason="", sent_at=now, error_code=None, uncertain_at=None,
-                      next_poll_at=now + self._first_poll_delay())
+                      uncertain_since=None, next_poll_at=now + self._first_poll_delay())
         if row.omni == "engine" and row.kind == "viber":
             fallback_at = now + (row.fallback_after or 600.0)
             fields["fallback_at"] = fallback_at
@@ -560,6 +722,7 @@ class Dispatcher:
                     final |= self._after_failure(row, result, endpoint, account)
             if any(r.kind == Kind.OK for r in results):
                 self._operator_resolved(account)
+                self._failover_resolved(endpoint)
         return final
 
     def _mark_sent_from_status(self, row: OutboxRow, status: Status, endpoint: str) -> bool:
@@ -781,7 +944,7 @@ class Dispatcher:
         self.store.update_message(
             item["id"], state="queued", leg="sms", next_attempt_at=self.ts(), attempts=0,
             viber_status=status.status if status else row["bsg_status"], viber_bsg_id=row["bsg_id"],
-            bsg_id=None, bsg_status=None, next_poll_at=None, sent_at=None, uncertain_at=None,
+            bsg_id=None, bsg_status=None, next_poll_at=None, sent_at=None, uncertain_at=None, uncertain_since=None,
             reason=f"falling back to SMS: {why}")
         self._log(item["id"], "fallback", "sms", row["endpoint"], {**row, "leg": "viber"},
                   f"{why}; the SMS (reference {row['sms_reference']}) goes now")
@@ -939,6 +1102,20 @@ class Dispatcher:
             else:
                 self.alerter.resolve("balance.low", f"BSG balance is back over {threshold:g}",
                                      f"The BSG account balance ({endpoint}) is {amount}.")
+
+
+def _iso(ts: float) -> str:
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):      # a wait longer than a datetime holds
+        return "the end of time"
+
+
+def _minutes(seconds: float) -> str:
+    """A wait for people: 10 min, 90 s, never."""
+    if seconds == math.inf:
+        return "never"
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _leg_of(item: dict) -> str:

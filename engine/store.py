@@ -255,6 +255,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         UPDATE outbox SET state = 'held' WHERE state = 'deferred' AND next_attempt_at >= 1e12
             AND campaign_id IS NOT NULL;
     """),
+    # When a message's outcome became unknown at `uncertain_at` (daemon clock, epoch
+    # seconds): bsg.uncertain_failover_after counts from here.
+    ("0012_uncertain_since", """
+        ALTER TABLE outbox ADD COLUMN uncertain_since REAL;
+    """),
 ]
 
 
@@ -281,6 +286,7 @@ class OutboxRow:
     fallback_after: float | None = None
     endpoint: str | None = None      # where the last attempt went
     uncertain_at: str | None = None  # an endpoint that may have taken it (outcome unknown)
+    uncertain_since: float | None = None  # when its outcome there became unknown
 
     @property
     def msisdn(self) -> str:
@@ -302,7 +308,7 @@ class OutboxRow:
 
 _OUTBOX_FIELDS = ("id", "reference", "site", "channel", "to_phone", "sender", "text", "sms_sender", "sms_text",
                   "state", "attempts", "stale_at", "send_at", "rule_id", "event_id", "omni", "leg",
-                  "sms_reference", "fallback_after", "endpoint", "uncertain_at")
+                  "sms_reference", "fallback_after", "endpoint", "uncertain_at", "uncertain_since")
 
 
 class Store:
@@ -1233,7 +1239,8 @@ def message_json(row: dict) -> dict:
         "omni": row.get("omni"), "leg": row.get("leg"), "sms_reference": row.get("sms_reference"),
         "viber_bsg_id": row.get("viber_bsg_id"), "viber_status": row.get("viber_status"),
         "double_delivery": bool(row.get("double_delivery")), "endpoint": row.get("endpoint"),
-        "uncertain_at": row.get("uncertain_at"), "replay_of": row.get("replay_of"),
+        "uncertain_at": row.get("uncertain_at"), "uncertain_since": _iso(row.get("uncertain_since")),
+        "replay_of": row.get("replay_of"),
         "replayed_by": row.get("replayed_by"), "fallback_at": _iso(row.get("fallback_at")),
     }
 

@@ -9,6 +9,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from typing import Any, Callable
 
 import httpx
@@ -611,6 +612,87 @@ async def test_429_pauses_the_client(autojump_clock):
         assert info.value.kind is Kind.RETRY and info.value.retry_after == 3
         await bsg.balance()
     assert app.calls[1].time - app.calls[0].time >= 3
+
+
+# --------------------------------------------------------------------------- the look-up budget
+
+STATUS = {"error": 0, "reference": "r", "id": "1", "status": "delivered"}
+
+
+async def test_lookups_have_their_own_budget_not_the_send_rate(autojump_clock):
+    """At `rate: 0.5` 20 reads take 38 s; 20 budgeted look-ups (lookup_rate 100) take 0.2 s,
+    and a send still gets its slot."""
+    app = App(lambda call: (200, STATUS if "/reference/" in call.path else
+                            {"error": 0, "amount": "1", "currency": "EUR"}))
+    async with client_for(app, rate=0.5, lookup_rate=100) as bsg:
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(partial(bsg.sms_status, f"r{i}", lookup=True))
+        assert trio.current_time() - start < 0.5
+        await bsg.balance()
+        await bsg.balance()
+        assert trio.current_time() - start >= 2 - 1e-9          # sends/reads: 1 per 2 s
+    times = [c.time for c in app.calls if "/reference/" in c.path]
+    assert all(b - a >= 0.01 - 1e-9 for a, b in zip(times, times[1:]))
+
+
+async def test_lookup_concurrency_bounds_the_lookups_in_flight(autojump_clock):
+    in_flight = peak = 0
+
+    async def slow(call):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await trio.sleep(1)
+        in_flight -= 1
+        return 200, STATUS
+
+    async with client_for(App(slow), lookup_rate=1000, lookup_concurrency=3) as bsg:
+        async with trio.open_nursery() as nursery:
+            for i in range(12):
+                nursery.start_soon(partial(bsg.viber_status, f"r{i}", lookup=True))
+    assert peak == 3
+
+
+async def test_new_rates_apply_to_callers_already_waiting(autojump_clock):
+    """The issue: raising `rate` by reload did not help — slots were handed out under the
+    old rate. 10 reads at 0.5/s would take 18 s; after set_rates(50) they take < 1 s."""
+    app = fixed(200, {"error": 0, "amount": "1", "currency": "EUR"})
+    async with client_for(app, rate=0.5) as bsg:
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(bsg.balance)
+            await trio.sleep(1)                    # one went; nine wait for slots 2 s apart
+            bsg.set_rates(50, lookup_rate=5, lookup_concurrency=2)
+        assert trio.current_time() - start < 1.5
+        assert (bsg.rate, bsg.lookup_rate, bsg.lookup_concurrency) == (50, 5, 2)
+    times = sorted(c.time for c in app.calls)
+    assert all(b - a >= 0.02 - 1e-9 for a, b in zip(times[1:], times[2:]))
+
+
+async def test_429_pauses_lookups_too(autojump_clock):
+    answers = iter([(429, "slow down", {"Retry-After": "3"}), (200, STATUS)])
+    app = App(lambda call: next(answers))
+    async with client_for(app, lookup_rate=100) as bsg:
+        with pytest.raises(BsgError):
+            await bsg.balance()
+        await bsg.sms_status("r", lookup=True)
+    assert app.calls[1].time - app.calls[0].time >= 3
+
+
+async def test_budgets_are_checked():
+    with pytest.raises(ValueError):
+        BsgClient(URL, KEY, lookup_rate=0)
+    with pytest.raises(ValueError):
+        BsgClient(URL, KEY, lookup_concurrency=0)
+    bsg = BsgClient(URL, KEY)
+    try:
+        with pytest.raises(ValueError):
+            bsg.set_rates(float("nan"))
+    finally:
+        await bsg.aclose()
 
 
 # --------------------------------------------------------------------------- the key
