@@ -31,7 +31,8 @@ from zoneinfo import ZoneInfo
 
 import trio
 
-from engine.config import Config, Secret, SmtpConfig
+from engine.config import Config, SmtpConfig
+from engine.redaction import secret_values
 from engine.store import Store
 
 log = logging.getLogger("herald.alerts")
@@ -221,7 +222,7 @@ class Alerter:
 
     def _redact(self, text: str) -> str:
         """No secret of the config ever goes into a mail or a log line, whatever the caller wrote."""
-        for secret in sorted(_secrets(self.config), key=len, reverse=True):
+        for secret in secret_values(self.config):
             text = text.replace(secret, "****")
         return text
 
@@ -315,29 +316,6 @@ class Alerter:
         message["Auto-Submitted"] = "auto-generated"     # RFC 3834: no vacation replies to Herald
         message.set_content(mail["body"], charset="utf-8")
         return message
-
-
-def _secrets(config: Config) -> list[str]:
-    """Every secret value of the config (keys, tokens, passwords, connector secrets)."""
-    found: list[Any] = [config.bsg.api_key, config.bsg.callback_secret, list(config.http.tokens),
-                        [b.api_key for b in config.bsg.backup], [c.options for c in config.connectors],
-                        [site.api_key for site in config.sites.values()],
-                        getattr(config.bitrix24, "application_token", None)]
-    if config.smtp is not None:
-        found.append(config.smtp.password)
-    if config.directory is not None:
-        found.append(config.directory.bitrix)
-    return [s.reveal() for s in _walk(found) if isinstance(s, Secret) and s]
-
-
-def _walk(value: Any) -> Iterable[Any]:
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _walk(item)
-    else:
-        yield value
 
 
 def _describe(exc: BaseException) -> str:

@@ -492,36 +492,6 @@ def run_daemon(config_path: str | None, log_format: str = "text") -> int:
 
 
 def _secrets_of(config: Config) -> list[str]:
-    """Every secret value the config holds, for log redaction (and a URL's password alone)."""
-    from engine.config import Secret
-
-    keys = [config.bsg.api_key, *(b.api_key for b in config.bsg.backup), *config.http.tokens,
-            config.bsg.callback_secret, *(site.api_key for site in config.sites.values())]
-    if config.smtp is not None:
-        keys.append(config.smtp.password)
-    if config.subscriptions.proof is not None:
-        keys.append(config.subscriptions.proof.secret)
-    if config.directory is not None:
-        keys.append(config.directory.bitrix)
-    if config.bitrix24 is not None:
-        from engine.bitrix24 import rest_token
-        keys += [config.bitrix24.application_token, config.bitrix24.rest_url]
-        if config.bitrix24.rest_url is not None:
-            keys.append(rest_token(config.bitrix24.rest_url.reveal()))   # the token alone, too
-    for entry in config.connectors:
-        keys += [v for v in entry.options.values() if isinstance(v, Secret)]
-    values = []
-    for key in keys:
-        if key is None:
-            continue
-        value = key.reveal() if isinstance(key, Secret) else str(key)
-        values.append(value)
-        if "://" in value:
-            try:
-                from sqlalchemy.engine import make_url
-                password = make_url(value).password
-            except Exception:           # not a database URL: the whole value is redacted anyway
-                password = None
-            if password:
-                values.append(str(password))
-    return [v for v in values if v]
+    """Every secret value the config holds, for log redaction (engine/redaction.py)."""
+    from engine.redaction import secret_values
+    return secret_values(config)
