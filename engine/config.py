@@ -1008,6 +1008,12 @@ class _Reader:
             self.error(f"{v.path}: {self.show(value, origin)} is not an http(s) URL", v.loc,
                        f"e.g. {DEFAULT_BSG_URL}")
             return default
+        if _url_password(value) and self._origin(v) is None:
+            # https://user:PASSWORD@host/ written literally: warned like any plain-text secret
+            # (engine/redaction.py keeps the password out of logs either way)
+            self.warning(f"{v.path} holds a password written in the config file in plain text", v.loc,
+                         "move the URL to an environment variable (!env NAME) or to secrets.yaml "
+                         "(!secret NAME)", secret=True)
         return value
 
     def bsg(self, node: _Val | None) -> BsgConfig:

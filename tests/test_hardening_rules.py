@@ -228,6 +228,20 @@ CONNECTOR = f"""connectors:
 """
 
 
+def test_a_plain_text_password_in_the_bsg_url_is_warned_about_without_the_password(tmp_path):
+    from engine.config import load_config
+
+    path = tmp_path / "herald.yaml"
+    path.write_text(f"bsg:\n  url: https://proxy:{PASSWORD}@bsg.example/\n  api_key: !env K\n")
+    config = load_config(path, env={"K": "key"})
+    [warning] = config.warnings
+    assert warning.headline() == (f"{path}:2:8: warning: bsg.url holds a password written in the "
+                                  "config file in plain text")
+    assert PASSWORD not in warning.format() and warning.source_line is None
+    path.write_text("bsg:\n  url: !env BSG_URL\n  api_key: !env K\n")
+    assert load_config(path, env={"K": "key", "BSG_URL": f"https://p:{PASSWORD}@bsg.example/"}).warnings == ()
+
+
 def test_a_plain_text_password_in_a_connector_url_is_warned_about_without_the_password(tmp_path):
     from engine.config import Secret, load_config
 
