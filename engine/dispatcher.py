@@ -62,6 +62,7 @@ GIVE_UP_POLLING_VIBER = timedelta(hours=25)
 # schedule continues from there (15 min, then hourly) until GIVE_UP_POLLING.
 RECEIPT_FALLBACK_POLL = 600
 OPERATOR_ALERT_CODES = (1, 2, 6, 8, 9)               # the admin must act: one alert e-mail each
+MIN_WAIT = 0.001                 # seconds: the send loop's shortest pause when nothing could be claimed
 BALANCE_RETRY = 5.0              # seconds: a balance read due while no endpoint is healthy waits this long
 RECOVERY_WRITE = 200             # recovery outcomes written per transaction (a crash only repeats look-ups)
 RECOVERY_WRITE_EVERY = 0.5       # seconds: a smaller batch is written after this long
@@ -326,7 +327,9 @@ class Dispatcher:
                 continue
             due = await self.daemon.db(self.store.next_due)
             wait = 30.0 if due is None else (due - self.now()).total_seconds()
-            await self.daemon.dispatch_wake.wait(min(wait, 30.0))
+            # A due time read back rounds to the microsecond, so it can look due while the
+            # claim (on the exact stored value) finds nothing yet: never loop without a pause.
+            await self.daemon.dispatch_wake.wait(min(max(wait, MIN_WAIT), 30.0))
 
     async def _send(self, rows: Sequence[OutboxRow]) -> None:
         now = self.ts()
