@@ -27,6 +27,7 @@ from engine.http import create_app as create_api
 from engine.store import Store
 from tests.daemon_helpers import ROOT, free_port, start_daemon, wait_http, write_project
 from tests.test_alerts import Inbox
+from tests.virtual_daemon import virtual_clock  # noqa: F401  (the fixture)
 
 RULE = 'on order.created send sms to customer.phone text "Заказ #ORDER_ID#"\n'
 DOWN, BACK = "BSG endpoint main is unreachable", "BSG endpoint main is reachable again"
@@ -201,7 +202,11 @@ def test_a_sigkill_between_the_resolve_and_its_mail_still_mails_the_recovery_onc
 # The fake BSG and the daemon's API are mounted through httpx's ASGI transport (no socket, so no
 # timeout runs in virtual time); the store is a real file, the SMTP server a real aiosmtpd. What a
 # crashed run leaves behind is written into the store before the daemon starts: an open incident.
-# Waits are bounded in real time, since virtual time races ahead while threads work.
+# The clock is `virtual_clock` (tests/virtual_daemon.py: it jumps only after a few real ms idle),
+# not `autojump_clock`: with threshold 0 virtual time raced on while the store worked in its
+# thread — on a busy machine a BSG request timed out (bsg.timeout is virtual), the start probe
+# failed for an hour of virtual time and a 10-minute balance read came early. Waits are bounded
+# in virtual time, as the behaviour is ("resolved by the probe at start", "before the next read").
 
 START = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
@@ -273,17 +278,19 @@ def subjects(box: Inbox) -> list[str]:
     return [m["Subject"].removeprefix("[Herald] ") for m in box.messages]
 
 
-async def until(predicate, what, real_seconds: float = 30.0):
-    """Wait (in virtual time) until `predicate()` (maybe async) is true; fail after `real_seconds`."""
-    deadline = time.monotonic() + real_seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if hasattr(value, "__await__"):
-            value = await value
-        if value:
-            return value
-        await trio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
+async def until(predicate, what, within: float = 120.0, step: float = 0.1):
+    """Wait until `predicate()` (maybe async) is true, looking every `step`; fail after
+    `within` virtual seconds. (Each jump of the clock costs a few real ms: a long wait
+    looks less often.)"""
+    with trio.move_on_after(within):
+        while True:
+            value = predicate()
+            if hasattr(value, "__await__"):
+                value = await value
+            if value:
+                return value
+            await trio.sleep(step)
+    raise AssertionError(f"not within {within:g} virtual seconds: {what() if callable(what) else what}")
 
 
 async def incident_keys(api: httpx.AsyncClient) -> list[str]:
@@ -301,7 +308,7 @@ def journal(daemon: Daemon, type_: str) -> int:
 
 
 async def test_unit_a_carried_over_endpoint_incident_is_probed_at_start_and_resolved_once(
-        tmp_path, monkeypatch, inbox, autojump_clock):
+        tmp_path, monkeypatch, inbox, virtual_clock):
     monkeypatch.chdir(tmp_path)
     left_open(tmp_path, ("provider.down:main", DOWN, timedelta(hours=1)))
     fake = FakeBSG(delivery_delay=0.1)
@@ -321,7 +328,7 @@ async def test_unit_a_carried_over_endpoint_incident_is_probed_at_start_and_reso
 
 
 async def test_unit_a_carried_over_endpoint_still_down_keeps_its_incident_until_a_probe_succeeds(
-        tmp_path, monkeypatch, inbox, autojump_clock):
+        tmp_path, monkeypatch, inbox, virtual_clock):
     monkeypatch.chdir(tmp_path)
     left_open(tmp_path, ("provider.down:main", DOWN, timedelta(hours=1)))
     fake = FakeBSG(delivery_delay=0.1)
@@ -343,7 +350,7 @@ async def test_unit_a_carried_over_endpoint_still_down_keeps_its_incident_until_
 
 
 async def test_unit_a_stale_incident_with_the_endpoint_healthy_never_swallows_the_next_outage(
-        tmp_path, monkeypatch, inbox, autojump_clock):
+        tmp_path, monkeypatch, inbox, virtual_clock):
     """The store says `provider.down:main` is open while the dispatcher has main healthy and
     taking traffic (the resolve was lost): main's next trip still mails."""
     monkeypatch.chdir(tmp_path)
@@ -364,7 +371,7 @@ async def test_unit_a_stale_incident_with_the_endpoint_healthy_never_swallows_th
 
 
 async def test_unit_at_start_incidents_of_what_is_gone_are_resolved_and_an_operator_one_waits_for_a_send(
-        tmp_path, monkeypatch, inbox, autojump_clock):
+        tmp_path, monkeypatch, inbox, virtual_clock):
     """No backup2 any more, no campaign 77, no bsg.balance_alert: those incidents are closed at
     start (one mail each); `bsg.error.8:main` cannot be checked without a send, so it stays open
     until main accepts a message."""
@@ -389,7 +396,7 @@ async def test_unit_at_start_incidents_of_what_is_gone_are_resolved_and_an_opera
 
 
 async def test_unit_a_carried_over_low_balance_is_kept_while_low_and_resolved_once_topped_up(
-        tmp_path, monkeypatch, inbox, autojump_clock):
+        tmp_path, monkeypatch, inbox, virtual_clock):
     monkeypatch.chdir(tmp_path)
     left_open(tmp_path, ("balance.low", "BSG balance is low: 3 EUR", timedelta(hours=1)))
     fake = FakeBSG(delivery_delay=0.1, balance=Decimal("3"))
@@ -400,6 +407,6 @@ async def test_unit_a_carried_over_low_balance_is_kept_while_low_and_resolved_on
         assert (incident["key"], incident["occurrences"]) == ("balance.low", 2)   # still low: the same incident
         assert inbox.messages == []
         fake.set_balance(Decimal("50"))
-        await until(lambda: subjects(inbox) == ["BSG balance is back over 10"],
-                    what=lambda: f"the recovery mail; inbox {subjects(inbox)}")
+        await until(lambda: subjects(inbox) == ["BSG balance is back over 10"],     # the next read: 10 min
+                    what=lambda: f"the recovery mail; inbox {subjects(inbox)}", within=15 * 60, step=5)
         assert await incident_keys(api) == []
