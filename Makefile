@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check bench bench-e2e bench-sql bench-campaign clean
+.PHONY: run test check fuzz bench bench-e2e bench-sql bench-campaign bench-recovery clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP)
 check: $(STAMP)
 	$(BIN)/herald check -c herald.yaml --strict
 
+# The hypothesis fuzz suites on a long budget: make fuzz EXAMPLES=100000 [SEED=N]
+EXAMPLES ?= 10000
+fuzz: $(STAMP)
+	HERALD_FUZZ_EXAMPLES=$(EXAMPLES) HERALD_FUZZ_SEED=$(SEED) $(BIN)/python -m pytest -q \
+	  tests/test_fuzz_rules.py tests/test_fuzz_config.py tests/test_fuzz_http.py tests/test_pumping.py -k "fuzz or peer or mask"
+
 bench: $(STAMP)
 	$(BIN)/python bench/match.py
 
@@ -32,6 +38,9 @@ bench-sql: $(STAMP)
 
 bench-campaign: $(STAMP)
 	$(BIN)/python bench/campaign.py
+
+bench-recovery: $(STAMP)
+	$(BIN)/python bench/recovery.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
