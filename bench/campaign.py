@@ -38,8 +38,8 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.config import load_config  # noqa: E402
-from engine.daemon import Daemon  # noqa: E402
+from herald.engine.config import load_config  # noqa: E402
+from herald.engine.daemon import Daemon  # noqa: E402
 
 
 def free_port() -> int:
@@ -49,7 +49,7 @@ def free_port() -> int:
 
 
 def start_fake(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "fake-bsg", "--port", str(port), "--balance",
+    proc = subprocess.Popen([sys.executable, "-m", "herald.engine.cli.main", "fake-bsg", "--port", str(port), "--balance",
                              "100000000", "--delivery-delay", "1"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.monotonic() + 15

@@ -66,7 +66,7 @@ def fake_server(port: int, delivery_delay: float, stock: bool = False, callback_
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
-    from engine.fakebsg import FALLBACK_ON, FakeBSG, _callback_ticker, analyze, create_app
+    from herald.engine.bsg.fake import FALLBACK_ON, FakeBSG, _callback_ticker, analyze, create_app
 
     class BenchFake(FakeBSG):
         """FakeBSG whose `advance()` looks only at Viber messages that may still need their
@@ -202,7 +202,7 @@ def fake_server(port: int, delivery_delay: float, stock: bool = False, callback_
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: hypercorn_serve(
                 recorder, config, shutdown_trigger=shutdown.wait, mode="asgi", task_status=task_status))
-            if fake.callback_url:              # delivery receipts to Herald, as engine.fakebsg.serve does
+            if fake.callback_url:              # delivery receipts to Herald, as herald.engine.bsg.fake.serve does
                 nursery.start_soon(_callback_ticker, fake)
             print(f"fake BSG (bench) on 127.0.0.1:{port}", flush=True)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -305,10 +305,10 @@ class Stack:
         wait_http(f"{self.bsg}/_bench/health", self.fake)
         config = write_project(self.tmp, api_port, bsg_port, self.receipts)
         if self.no_polls:   # experiment: the first status poll 24 h after sending (launcher only, no engine edit)
-            launch = ["-c", "import sys, engine.dispatcher as d; d.POLL_SCHEDULE = (86400,) + d.POLL_SCHEDULE[1:]; "
-                            "from engine.cli import main; sys.exit(main(sys.argv[1:]))"]
+            launch = ["-c", "import sys, herald.engine.delivery.dispatcher as d; d.POLL_SCHEDULE = (86400,) + d.POLL_SCHEDULE[1:]; "
+                            "from herald.engine.cli.main import main; sys.exit(main(sys.argv[1:]))"]
         else:
-            launch = ["-m", "engine.cli"]
+            launch = ["-m", "herald.engine.cli.main"]
         self.daemon = subprocess.Popen([sys.executable, *launch, "run", "-c", str(config)],
                                        cwd=self.tmp, env=env, stdout=open(self.tmp / "daemon.log", "w"),
                                        stderr=subprocess.STDOUT)
@@ -887,7 +887,7 @@ def main(argv=None) -> int:
                    help="sample the daemon with py-spy during each phase; collapsed stacks go to DIR")
     p.add_argument("--phases", default="1a,1b,2", help="which phases to run (default 1a,1b,2)")
     p.add_argument("--stock-fake", action="store_true",
-                   help="use engine.fakebsg.FakeBSG as is (its advance() is O(messages held) per request)")
+                   help="use herald.engine.bsg.fake.FakeBSG as is (its advance() is O(messages held) per request)")
     p.add_argument("--no-polls", action="store_true",
                    help="experiment: start the daemon with its first delivery-status poll 24 h after sending, "
                         "to see what polling costs (figures are then not the product's)")

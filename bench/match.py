@@ -29,10 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.events import Event, EventScope  # noqa: E402
-from engine.matcher import Matcher  # noqa: E402
-from grammar.compiler import compile_text  # noqa: E402
-from grammar.model import EventTrigger, StateTrigger  # noqa: E402
+from herald.engine.events import Event, EventScope  # noqa: E402
+from herald.engine.rules.matcher import Matcher  # noqa: E402
+from herald.grammar.compiler import compile_text  # noqa: E402
+from herald.grammar.model import EventTrigger, StateTrigger  # noqa: E402
 
 SIZES = (100, 1_000, 10_000)
 REPEATS = 3

@@ -5,7 +5,7 @@
 
 Issue #12, item 5: after 16 kills at `rate: 0.5`, 1,949 messages were left `sending`
 and took ~2 hours to resolve, one look-up per send slot. This starts the fake BSG in
-its own process on loopback (`python -m engine.fakebsg`, real HTTP), fills a fresh store
+its own process on loopback (`python -m herald.engine.bsg.fake`, real HTTP), fills a fresh store
 with --messages `sending` rows at endpoint main — BSG already took a --known share of
 them (sent to the fake before the "crash", with their references), not the rest — then
 starts the daemon in this process (`bsg.rate` --rate, the look-up budget as given or
@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import trio  # noqa: E402
 
-from engine.config import DEFAULT_LOOKUP_CONCURRENCY, DEFAULT_LOOKUP_RATE, load_config  # noqa: E402
-from engine.daemon import Daemon  # noqa: E402
-from engine.store import Store  # noqa: E402
+from herald.engine.config import DEFAULT_LOOKUP_CONCURRENCY, DEFAULT_LOOKUP_RATE, load_config  # noqa: E402
+from herald.engine.daemon import Daemon  # noqa: E402
+from herald.engine.store import Store  # noqa: E402
 
 RULE = 'on order.created send sms to customer.phone text "Заказ #ORDER_ID#"\n'
 
@@ -94,7 +94,7 @@ def strand(db: Path, fake: httpx.Client, count: int, known_share: float) -> dict
 
 
 def start_fake(port: int) -> subprocess.Popen:
-    fake = subprocess.Popen([sys.executable, "-m", "engine.fakebsg", "--port", str(port), "--delivery-delay", "0.5"],
+    fake = subprocess.Popen([sys.executable, "-m", "herald.engine.bsg.fake", "--port", str(port), "--delivery-delay", "0.5"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

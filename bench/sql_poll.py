@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 import pymysql  # noqa: E402
 import trio  # noqa: E402
 
-from engine.config import load_config  # noqa: E402
-from engine.daemon import Daemon  # noqa: E402
-from engine.fakebsg import FakeBSG, serve  # noqa: E402
+from herald.engine.config import load_config  # noqa: E402
+from herald.engine.daemon import Daemon  # noqa: E402
+from herald.engine.bsg.fake import FakeBSG, serve  # noqa: E402
 from tests.daemon_helpers import free_port, write_project  # noqa: E402
 
 TARGET_ROWS_PER_S = 5_000

@@ -17,9 +17,9 @@ def find(type_name: str):
     """The connector class for `type_name`, or None when nothing provides it."""
     if type_name.isidentifier() and type_name != "base":
         try:
-            module = importlib.import_module(f"connectors.{type_name}")
+            module = importlib.import_module(f"{__name__}.{type_name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"connectors.{type_name}":
+            if exc.name != f"{__name__}.{type_name}":
                 raise
         else:
             return getattr(module, "CONNECTOR", None)
@@ -33,6 +33,6 @@ def available() -> list[str]:
     """Every connector type this installation knows, for did-you-mean hints."""
     import pkgutil
     names = {m.name for m in pkgutil.iter_modules(__path__)
-             if m.name != "base" and getattr(importlib.import_module(f"connectors.{m.name}"), "CONNECTOR", None)}
+             if m.name != "base" and getattr(importlib.import_module(f"{__name__}.{m.name}"), "CONNECTOR", None)}
     names |= {e.name for e in entry_points(group=ENTRY_POINT_GROUP)}
     return sorted(names)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import trio
 
-from engine.config import ConnectorConfig
+from herald.engine.config import ConnectorConfig
 
 
 class ConnectorContext(Protocol):
@@ -49,7 +49,7 @@ class Connector(Protocol):
     type: ClassVar[str]
 
     def __init__(self, config: ConnectorConfig) -> None:
-        """Validate `config.options`; raise engine.errors.ConfigError with located diagnostics."""
+        """Validate `config.options`; raise herald.engine.errors.ConfigError with located diagnostics."""
 
     async def run(self, ctx: ConnectorContext, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         """Call `task_status.started()` once ready; then work until cancelled."""

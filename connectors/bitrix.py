@@ -57,15 +57,15 @@ from typing import Any, Mapping
 
 import sqlalchemy as sa
 
-from connectors.bitrix_codec import (
+from herald.connectors.bitrix_codec import (
     DEFAULT_ORDER_STATUSES, DEFAULT_SHIPMENT_STATUSES, BitrixDecodeError, decode_c_fields,
     mail_event_to_events, parse_money, with_phone,
 )
-from connectors.sql import APPEND, DELETE, SNAPSHOT, decode_cursor, encode_cursor, json_value
-from connectors.options import what as _what
-from engine.config import ConnectorConfig
-from engine.errors import ConfigError, Diagnostic, Location, did_you_mean
-from engine.phones import normalize_phone
+from herald.connectors.sql import APPEND, DELETE, SNAPSHOT, decode_cursor, encode_cursor, json_value
+from herald.connectors.options import what as _what
+from herald.engine.config import ConnectorConfig
+from herald.engine.errors import ConfigError, Diagnostic, Location, did_you_mean
+from herald.engine.helpers.phones import normalize_phone
 
 log = logging.getLogger("herald.connectors.bitrix")
 
@@ -90,7 +90,7 @@ PHONE_AUTH_TABLE = "b_user_phone_auth"
 # ====================================================================== options
 
 def sources(config: ConnectorConfig, settings: dict) -> list:
-    """The preset's factory (connectors.sql.PRESET_MODULES): check the `bitrix:`
+    """The preset's factory (herald.connectors.sql.PRESET_MODULES): check the `bitrix:`
     options and build the chosen sources. Raises ConfigError with located problems."""
     preset = _Preset.from_settings(config, settings)
     builders = {"mail": MailSource, "orders": OrdersSource, "shipments": ShipmentsSource, "users": UsersSource,
@@ -105,8 +105,8 @@ class _Options:
         self.config = config
         self.fallback: Location | None = settings.get("location") or config.location
         self.problems: list[Diagnostic] = []
-        try:                                  # line:col of nested keys, when connectors.sql offers it
-            from connectors.options import Locator
+        try:                                  # line:col of nested keys, when herald.connectors.sql offers it
+            from herald.connectors.options import Locator
             self._locator = Locator(config)
         except Exception:                     # noqa: BLE001 — only the precision of a location is lost
             self._locator = None
@@ -563,7 +563,7 @@ def _changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict, bool
 # ====================================================================== sources
 
 class _Source(ABC):
-    """What every Bitrix source shares: the Source protocol of connectors.sql."""
+    """What every Bitrix source shares: the Source protocol of herald.connectors.sql."""
 
     name = ""
     mode = APPEND

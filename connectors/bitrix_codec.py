@@ -30,8 +30,8 @@ from typing import Any, Collection, Mapping
 
 import phpserialize
 
-from engine.errors import HeraldError
-from engine.phones import normalize_phone
+from herald.engine.errors import HeraldError
+from herald.engine.helpers.phones import normalize_phone
 
 __all__ = [
     "BitrixDecodeError", "decode_c_fields", "mail_event_to_events", "with_phone", "parse_money",
@@ -384,7 +384,7 @@ def mail_event_to_events(event_name: str, fields: Mapping[str, Any], *, row_id: 
     status it had before (which Herald's stored state could not tell apart from
     "still F", since statuses without NOTIFY='Y' send no mail). The matcher builds
     the previous state as the event's data with `previous` merged over it
-    (engine.events.merge_previous), and a become-true trigger fires when the old value
+    (herald.engine.events.merge_previous), and a become-true trigger fires when the old value
     differs. Consequence: `changes from "N" to "P"` cannot match mail-sourced status
     changes (the old value is unknown); `changes`, `changes to "P"` and `==` do.
 

@@ -61,12 +61,12 @@ import trio
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from connectors.base import ConnectorContext
-from connectors.mail import MailMapping, OptionError, Rejected, mapping_from_options, rejected_event
-from connectors.options import OptionChecker, number as _number, what as _what
-from connectors.outage import Outage
-from engine.config import ConnectorConfig, is_loopback, reveal
-from engine.errors import ConfigError, Diagnostic, EventError, did_you_mean
+from herald.connectors.base import ConnectorContext
+from herald.connectors.mail import MailMapping, OptionError, Rejected, mapping_from_options, rejected_event
+from herald.connectors.options import OptionChecker, number as _number, what as _what
+from herald.connectors.outage import Outage
+from herald.engine.config import ConnectorConfig, is_loopback, reveal
+from herald.engine.errors import ConfigError, Diagnostic, EventError, did_you_mean
 
 log = logging.getLogger("herald.connectors.imap")
 
@@ -253,7 +253,7 @@ class ImapConnector:
         self.outage = Outage(self.type, self.silence, log, self.where)
 
     def check_sites(self, sites: Collection[str]) -> list[Diagnostic]:
-        """The `site` option names a configured site (engine/loader.py asks, with the
+        """The `site` option names a configured site (engine/rules/loader.py asks, with the
         config's sites: `herald check`, reload and start report it)."""
         if self.site is None or self.site in sites:
             return []

@@ -418,7 +418,7 @@ def _matchers(raw: Any, report: Callable) -> list[Matcher]:
         bad = False
         for k in item:
             if k not in MATCH_KEYS:
-                from engine.errors import did_you_mean
+                from herald.engine.errors import did_you_mean
                 report(OptionError(f'match[{i}]: unknown key "{k}"', *at, k, key=True,
                                    hint=did_you_mean(str(k), MATCH_KEYS) or f"a matcher has: {', '.join(MATCH_KEYS)}"))
                 bad = True
@@ -465,7 +465,7 @@ def _extractors(raw: Any, report: Callable) -> list[Extractor]:
             continue
         unknown = [k for k in item if k not in EXTRACT_KEYS]
         for k in unknown:
-            from engine.errors import did_you_mean
+            from herald.engine.errors import did_you_mean
             report(OptionError(f'extract[{i}]: unknown key "{k}"', *at, k, key=True,
                                hint=did_you_mean(str(k), EXTRACT_KEYS) or f"an extractor has: {', '.join(EXTRACT_KEYS)}"))
         kinds = [k for k in ("subject", "text", "lines") if k in item]

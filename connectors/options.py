@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from engine.config import ConnectorConfig, Secret
-from engine.errors import Diagnostic, Location
+from herald.engine.config import ConnectorConfig, Secret
+from herald.engine.errors import Diagnostic, Location
 
 
 def number(value: Any) -> float | None:
@@ -70,7 +70,7 @@ class Locator:
         loc = self.config.location
         if loc is None or loc.line <= 0:
             return None
-        from engine.config import _yaml
+        from herald.engine.config import _yaml
         candidates = [Path(loc.file)]
         if self.config.base_dir is not None:
             candidates.append(self.config.base_dir / Path(loc.file).name)

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 
 import trio
 
-from connectors.base import ConnectorContext
+from herald.connectors.base import ConnectorContext
 
 DOWN_KEY = "_down"          # cursor key: the reported outage (JSON), "" when up
 

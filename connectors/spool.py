@@ -29,10 +29,10 @@ from typing import Any
 
 import trio
 
-from connectors.base import ConnectorContext
-from connectors.options import number as _number, what as _what
-from engine.config import ConnectorConfig, reveal
-from engine.errors import ConfigError, Diagnostic, EventError, did_you_mean
+from herald.connectors.base import ConnectorContext
+from herald.connectors.options import number as _number, what as _what
+from herald.engine.config import ConnectorConfig, reveal
+from herald.engine.errors import ConfigError, Diagnostic, EventError, did_you_mean
 
 log = logging.getLogger("herald.connectors.spool")
 

@@ -67,11 +67,11 @@ import sqlalchemy as sa
 import trio
 from sqlalchemy.engine import URL, make_url
 
-from connectors.base import ConnectorContext
-from connectors.options import OptionChecker, number as _number, what as _what
-from connectors.outage import Outage
-from engine.config import ConnectorConfig, reveal
-from engine.errors import ConfigError, EventError, did_you_mean
+from herald.connectors.base import ConnectorContext
+from herald.connectors.options import OptionChecker, number as _number, what as _what
+from herald.connectors.outage import Outage
+from herald.engine.config import ConnectorConfig, reveal
+from herald.engine.errors import ConfigError, EventError, did_you_mean
 
 log = logging.getLogger("herald.connectors.sql")
 
@@ -395,7 +395,7 @@ PRESETS: dict[str, PresetFactory] = {}
 "location": where that mapping is (or the entry)}`. A factory raises ConfigError with
 located diagnostics for its own options."""
 
-PRESET_MODULES: dict[str, str] = {"bitrix": "connectors.bitrix:sources"}
+PRESET_MODULES: dict[str, str] = {"bitrix": "herald.connectors.bitrix:sources"}
 """Presets imported on first use ("module:attribute"), so a preset's module loads only
 when a config names it."""
 

@@ -29,8 +29,8 @@ from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
-from engine.errors import ConfigError, Diagnostic, DiagnosticSink, Location, did_you_mean
-from engine.windows import WINDOW_FORMAT, SendWindow, parse_window
+from herald.engine.errors import ConfigError, Diagnostic, DiagnosticSink, Location, did_you_mean
+from herald.engine.helpers.windows import WINDOW_FORMAT, SendWindow, parse_window
 
 __all__ = [
     "Secret", "reveal", "Config", "BsgConfig", "BackupEndpoint", "Failover", "Senders", "Site",
@@ -262,7 +262,7 @@ class SubscriptionsConfig:
     total: tuple[int, float] = (200, 3600.0)      # codes sent in all per period
     per_country: Mapping[str, tuple[int, float]] = field(
         default_factory=lambda: {"*": (100, 3600.0)})   # calling code ("7"; "*": any other) → rate
-    number_types: tuple[str, ...] = ("mobile", "fixed_line_or_mobile")   # engine/phones.py NUMBER_TYPES
+    number_types: tuple[str, ...] = ("mobile", "fixed_line_or_mobile")   # engine/helpers/phones.py NUMBER_TYPES
     proof: ProofConfig | None = None              # the CAPTCHA step (None: none)
     code_attempts: int = 5                        # wrong codes before the code is void
     code_lifetime: float = 600.0                  # seconds a confirmation code is good for
@@ -298,7 +298,7 @@ class DirectoryConfig:
     bitrix: Secret | None = None       # SQLAlchemy URL of the Bitrix database
     ttl: float = DEFAULT_DIRECTORY_TTL # seconds a Bitrix answer is cached (0: not cached)
     groups: Mapping[str, str] = field(default_factory=dict)  # rule's group name → Bitrix NAME/STRING_ID/ID
-    people: Any = field(default=None, compare=False, repr=False)  # the loaded engine.directory.FileDirectory
+    people: Any = field(default=None, compare=False, repr=False)  # the loaded herald.engine.audience.directory.FileDirectory
     location: Location | None = None
 
 
@@ -1111,7 +1111,7 @@ class _Reader:
         raw, origin = self.resolve(v)
         if raw is _MISSING or raw is None:
             return default
-        from grammar.compiler import MAX_DURATION, MAX_DURATION_TEXT, parse_duration
+        from herald.grammar.compiler import MAX_DURATION, MAX_DURATION_TEXT, parse_duration
         if isinstance(raw, (int, float)) and not _is_bool(raw) and raw > 0:
             if raw > MAX_DURATION.total_seconds():      # also .inf; a timedelta or deadline must hold it
                 self.error(f"{v.path}: a duration is at most {MAX_DURATION_TEXT}", v.loc)
@@ -1300,8 +1300,8 @@ class _Reader:
         return cfg
 
     def trusted_proxies(self, v: _Val | None) -> tuple:
-        """`http.trusted_proxies: [127.0.0.1, 10.0.0.0/8]` (engine/client_address.py)."""
-        from engine.client_address import parse_proxy
+        """`http.trusted_proxies: [127.0.0.1, 10.0.0.0/8]` (engine/api/client_address.py)."""
+        from herald.engine.api.client_address import parse_proxy
         out = []
         for item in self.items(v) if v is not None and isinstance(v.raw, CommentedSeq) else ():
             try:
@@ -1414,15 +1414,15 @@ class _Reader:
         """`subscriptions: {lists: [news], countries: [7], per_ip: 5/h, ...}` (docs/subscriptions.md)."""
         if node is None:
             return SubscriptionsConfig()
-        from engine.subscriptions import parse_config
+        from herald.engine.audience.subscriptions import parse_config
         return parse_config(self, node, sites)
 
     def directory(self, node: _Val | None) -> DirectoryConfig | None:
         """`directory: {file: people.yaml}` or `directory: {bitrix: URL, ttl:, groups:}`."""
         if node is None:
             return None
-        from engine.directory import FileDirectory, check_bitrix_url
-        from engine.errors import display_path
+        from herald.engine.audience.directory import FileDirectory, check_bitrix_url
+        from herald.engine.errors import display_path
 
         self.check_keys(node, self.DIRECTORY_KEYS, "directory")
         f, b = self.child(node, "file"), self.child(node, "bitrix")

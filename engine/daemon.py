@@ -22,14 +22,14 @@ from zoneinfo import ZoneInfo
 
 import trio
 
-from engine.config import Config, load_config
-from engine.directory import open_directory
-from engine.errors import EventError, HeraldError, LoadError
-from engine.evaluate import Delayed, Evaluator, PlannedMessage, RuleRun
-from engine.events import Event, parse_event
-from engine.loader import Project, load_project
-from engine.store import Store
-from grammar.model import Rule
+from herald.engine.config import Config, load_config
+from herald.engine.audience.directory import open_directory
+from herald.engine.errors import EventError, HeraldError, LoadError
+from herald.engine.rules.evaluate import Delayed, Evaluator, PlannedMessage, RuleRun
+from herald.engine.events import Event, parse_event
+from herald.engine.rules.loader import Project, load_project
+from herald.engine.store import Store
+from herald.grammar.model import Rule
 
 log = logging.getLogger("herald")
 
@@ -118,7 +118,7 @@ class Daemon:
         self.alerter = None
         self.backup_transports: dict = {}     # tests: httpx transports for backup endpoints by name
         self.versions: dict[str, str] = {}
-        from engine.subscriptions import Refusals
+        from herald.engine.audience.subscriptions import Refusals
         self.subscription_refusals = Refusals()   # POST /subscriptions refusals, for GET /health
 
     # ---- blocking work, one call at a time ----
@@ -127,8 +127,8 @@ class Daemon:
 
     # ---- start and stop ----
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        from engine.dispatcher import Dispatcher
-        from engine.http import serve_api
+        from herald.engine.delivery.dispatcher import Dispatcher
+        from herald.engine.api.routes import serve_api
 
         self.project = await trio.to_thread.run_sync(load_project, self.config)
         self.versions = {r.id: rule_version(r) for r in self.project.rules}
@@ -137,7 +137,7 @@ class Daemon:
         self.store = await trio.to_thread.run_sync(Store, self.config.store)
         try:
             async with trio.open_nursery() as nursery:
-                from engine.alerts import Alerter
+                from herald.engine.delivery.alerts import Alerter
                 self.alerter = Alerter(self.store, self.config, self.clock.now)
                 await nursery.start(self.alerter.run, self.db)
                 self.dispatcher = Dispatcher(self)
@@ -146,9 +146,9 @@ class Daemon:
                 await nursery.start(self._timers)
                 await nursery.start(self._scheduler)
                 await self._start_connectors(nursery)
-                from engine.incoming import poll_incoming
+                from herald.engine.audience.incoming import poll_incoming
                 await nursery.start(poll_incoming, self)         # incoming SMS (subscriptions.poll_incoming)
-                from engine.campaigns import Feeder
+                from herald.engine.audience.campaigns import Feeder
                 self.feeder = Feeder(self)
                 await nursery.start(self.feeder.run)            # campaigns: recipients into the outbox
                 try:
@@ -226,7 +226,7 @@ class Daemon:
             await self.events_wake.wait(1.0)
 
     def _evaluator(self) -> Evaluator:
-        from engine.subscriptions import SubscribedDirectory
+        from herald.engine.audience.subscriptions import SubscribedDirectory
         return Evaluator(self.project, state=self.store, directory=SubscribedDirectory(self.directory, self.store))
 
     def _process_batch(self) -> int:
@@ -266,7 +266,7 @@ class Daemon:
         for m in run.messages:
             self._enqueue(m, event.site, firing_id)
         if run.subscriptions:               # `subscribe` / `unsubscribe` actions, in the same transaction
-            from engine.subscriptions import apply_rule_actions
+            from herald.engine.audience.subscriptions import apply_rule_actions
             apply_rule_actions(store, run.subscriptions, event.site, now)
 
     def _enqueue(self, m: PlannedMessage, site: str, firing_id: int | None, kind: str = "rule") -> int:
@@ -351,8 +351,8 @@ class Daemon:
 
     # ---- connectors ----
     async def _start_connectors(self, nursery: trio.Nursery) -> None:
-        import connectors
-        from engine.intake import Context
+        from herald import connectors
+        from herald.engine.intake import Context
 
         for i, entry in enumerate(self.config.connectors):
             cls = connectors.find(entry.type)
@@ -430,7 +430,7 @@ class Daemon:
         }
 
     def _subscriptions_health(self) -> dict:
-        from engine.subscriptions import health
+        from herald.engine.audience.subscriptions import health
         return health(self.store, self.config, self.subscription_refusals, self.clock.now())
 
     def _endpoints_health(self) -> list[dict]:
@@ -465,7 +465,7 @@ def _loads(text: str | None) -> Any:
 
 def run_daemon(config_path: str | None, log_format: str = "text") -> int:
     """`herald run`: 0 after SIGTERM/SIGINT, 2 when it cannot start."""
-    from engine.logs import setup_logging
+    from herald.engine.logs import setup_logging
 
     try:
         config = load_config(config_path)
@@ -493,5 +493,5 @@ def run_daemon(config_path: str | None, log_format: str = "text") -> int:
 
 def _secrets_of(config: Config) -> list[str]:
     """Every secret value the config holds, for log redaction (engine/redaction.py)."""
-    from engine.redaction import secret_values
+    from herald.engine.redaction import secret_values
     return secret_values(config)

@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 from collections.abc import Mapping
 from typing import Any
 
-from engine.bounds import MAX_INT, MIN_INT, text_problem
-from engine.errors import EventError
+from herald.engine.helpers.bounds import MAX_INT, MIN_INT, text_problem
+from herald.engine.errors import EventError
 
 _TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ALLOWED_KEYS = {"type", "site", "id", "time", "data", "previous"}

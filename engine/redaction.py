@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from engine.config import Config, Secret
+from herald.engine.config import Config, Secret
 
 
 def secret_values(config: Config) -> list[str]:
@@ -26,7 +26,7 @@ def secret_values(config: Config) -> list[str]:
         if password:
             found.add(password)
     if config.bitrix24 is not None and config.bitrix24.rest_url is not None:
-        from engine.bitrix24 import rest_token
+        from herald.engine.api.bitrix24 import rest_token
         found.add(rest_token(config.bitrix24.rest_url.reveal()))     # the token alone, too
     return sorted((v for v in found if v), key=len, reverse=True)
 

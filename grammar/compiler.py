@@ -23,9 +23,9 @@ from typing import Any, Iterable
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from engine.errors import Diagnostic, Location, did_you_mean
-from engine.windows import parse_window
-from grammar.model import (
+from herald.engine.errors import Diagnostic, Location, did_you_mean
+from herald.engine.helpers.windows import parse_window
+from herald.grammar.model import (
     And, ChangeTrigger, Compare, Contains, EventTrigger, In, IsSet, Literal, Matches, Not,
     OncePer, Or, PathRef, Recipient, Rule, ScheduleTrigger, Send, StateTrigger, Subscribe,
 )
@@ -324,7 +324,7 @@ class RuleBuilder(Transformer):
 
     def cron(self, items: list):
         (token,) = items
-        from engine.schedule import is_valid_cron
+        from herald.engine.rules.schedule import is_valid_cron
         expression = _unquote(token).strip()
         if not is_valid_cron(expression):
             return self._error(f'"{expression}" is not a valid cron expression', token,

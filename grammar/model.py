@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from engine.errors import Location
+from herald.engine.errors import Location
 
 Path = tuple[str, ...]
 
@@ -416,7 +416,7 @@ class ScheduleTrigger:
 
     def next_fire(self, after: datetime) -> datetime:
         """The first firing strictly after `after` (aware, in the site's zone)."""
-        from engine.schedule import next_fire
+        from herald.engine.rules.schedule import next_fire
         return next_fire(self, after)
 
     def __str__(self) -> str:
@@ -459,7 +459,7 @@ class Send:
     template: str | None = None
     text: str | None = None
     sender: str | None = None
-    window: Any = None              # engine.windows.SendWindow
+    window: Any = None              # herald.engine.helpers.windows.SendWindow
     stale_after: timedelta | None = None
     copy_admins: bool = False
     fallback_after: timedelta | None = None  # omni (engine): how long Viber may take before the SMS

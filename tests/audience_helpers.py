@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import trio
 
-from engine.config import load_config
-from engine.daemon import Clock, Daemon
+from herald.engine.config import load_config
+from herald.engine.daemon import Clock, Daemon
 from tests.daemon_helpers import ROOT, fake_bsg, free_port
 
 

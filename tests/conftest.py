@@ -54,7 +54,7 @@ class ProjectDir:
         return self
 
     def load(self, **kw):
-        from engine.loader import load_project
+        from herald.engine.rules.loader import load_project
         return load_project("herald.yaml", **kw)  # relative, as users type it
 
 

@@ -61,7 +61,7 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
 
 
 def start_daemon(config: Path, *, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "-c", str(config)],
+    return subprocess.Popen([sys.executable, "-m", "herald.engine.cli.main", "run", "-c", str(config)],
                             cwd=config.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
@@ -70,7 +70,7 @@ def start_daemon(config: Path, *, env: dict | None = None) -> subprocess.Popen:
 async def fake_bsg(delivery_delay: float = 0.2, *, fake=None, **options):
     """A fake BSG (`fake`, or a new one) served over real HTTP on loopback: yields
     (fake, its base URL)."""
-    from engine.fakebsg import FakeBSG, serve
+    from herald.engine.bsg.fake import FakeBSG, serve
 
     fake = fake or FakeBSG(delivery_delay=delivery_delay, **options)
     async with trio.open_nursery() as nursery:
@@ -83,8 +83,8 @@ async def fake_bsg(delivery_delay: float = 0.2, *, fake=None, **options):
 async def herald(config_path: Path, **daemon_options):
     """A real daemon in-process until the block ends (then stopped like at shutdown):
     yields (daemon, an httpx client on its API)."""
-    from engine.config import load_config
-    from engine.daemon import Daemon
+    from herald.engine.config import load_config
+    from herald.engine.daemon import Daemon
 
     daemon = Daemon(load_config(config_path), **daemon_options)
     async with trio.open_nursery() as nursery:

@@ -19,12 +19,12 @@ import pytest
 import trio
 from aiosmtpd.controller import Controller
 
-from engine.config import load_config
-from engine.daemon import Daemon, VirtualClock
-from engine.fakebsg import FakeBSG
-from engine.fakebsg import create_app as create_bsg_app
-from engine.http import create_app as create_api
-from engine.store import Store
+from herald.engine.config import load_config
+from herald.engine.daemon import Daemon, VirtualClock
+from herald.engine.bsg.fake import FakeBSG
+from herald.engine.bsg.fake import create_app as create_bsg_app
+from herald.engine.api.routes import create_app as create_api
+from herald.engine.store import Store
 from tests.daemon_helpers import ROOT, free_port, start_daemon, wait_http, write_project
 from tests.test_alerts import Inbox
 from tests.virtual_daemon import virtual_clock  # noqa: F401  (the fixture)
@@ -37,7 +37,7 @@ DOWN, BACK = "BSG endpoint main is unreachable", "BSG endpoint main is reachable
 def fake_bsg_process():
     """`herald fake-bsg` on its own port: yields its base URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "fake-bsg", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "herald.engine.cli.main", "fake-bsg", "--port", str(port),
                              "--delivery-delay", "0.1", "--api-key", "test_key"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -24,9 +24,9 @@ import trio
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from engine.alerts import Alerter
-from engine.config import load_config
-from engine.store import Store
+from herald.engine.delivery.alerts import Alerter
+from herald.engine.config import load_config
+from herald.engine.store import Store
 
 PASSWORD = "smtp-PA55word-never-shown"
 API_KEY = "live-bsg-key-never-shown"

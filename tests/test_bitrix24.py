@@ -1,4 +1,4 @@
-"""Bitrix24 outbound webhooks: the form decoding (engine/bitrix24.py) and
+"""Bitrix24 outbound webhooks: the form decoding (engine/api/bitrix24.py) and
 `POST /hooks/bitrix24` end to end, from the post to the SMS at the fake BSG."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from urllib.parse import urlencode
 import pytest
 import trio
 
-from engine.bitrix24 import HookError, build_task, check_token, decode, parse_form, to_event
-from engine.config import load_config
-from engine.errors import ConfigError
+from herald.engine.api.bitrix24 import HookError, build_task, check_token, decode, parse_form, to_event
+from herald.engine.config import load_config
+from herald.engine.errors import ConfigError
 from tests.daemon_helpers import ROOT, fake_bsg, free_port, herald, write_project
 from tests.fakebitrix24 import FakePortal, fake_bitrix24
 
@@ -397,7 +397,7 @@ def test_config_reads_the_rest_url_as_a_secret(tmp_path, monkeypatch):
     config = load_config(path)
     assert config.bitrix24.rest_url.reveal() == f"https://shop.bitrix24.ru/rest/1/{REST_TOKEN}/"
     assert REST_TOKEN not in repr(config.bitrix24)
-    from engine.daemon import _secrets_of
+    from herald.engine.daemon import _secrets_of
     assert REST_TOKEN in _secrets_of(config) and TOKEN in _secrets_of(config)
 
 

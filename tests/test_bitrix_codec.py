@@ -10,14 +10,14 @@ import phpserialize
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from connectors.bitrix_codec import (
+from herald.connectors.bitrix_codec import (
     DEFAULT_ORDER_STATUSES, DEFAULT_SHIPMENT_STATUSES, BitrixDecodeError, decode_c_fields,
     mail_event_to_events, parse_money, with_phone,
 )
-from engine.errors import HeraldError
-from engine.events import merge_previous, parse_event
-from engine.matcher import Matcher
-from grammar.compiler import compile_text
+from herald.engine.errors import HeraldError
+from herald.engine.events import merge_previous, parse_event
+from herald.engine.rules.matcher import Matcher
+from herald.grammar.compiler import compile_text
 
 
 def php_serialize(obj, charset: str = "utf-8") -> bytes:

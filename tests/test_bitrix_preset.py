@@ -22,12 +22,12 @@ import pytest
 import trio
 from ruamel.yaml import YAML
 
-from connectors.bitrix import DEFAULT_SOURCES
-from connectors.sql import SqlConnector
-from engine.config import ConnectorConfig, Secret, load_config
-from engine.errors import ConfigError
-from engine.events import parse_event
-from engine.fakebsg import FakeBSG
+from herald.connectors.bitrix import DEFAULT_SOURCES
+from herald.connectors.sql import SqlConnector
+from herald.engine.config import ConnectorConfig, Secret, load_config
+from herald.engine.errors import ConfigError
+from herald.engine.events import parse_event
+from herald.engine.bsg.fake import FakeBSG
 from tests.bitrix_schema import BitrixShop
 from tests.daemon_helpers import fake_bsg, free_port, herald
 from tests.sqlservers import db_url, mariadb_url, postgres_url, sqlite_url  # noqa: F401 (fixtures)
@@ -626,7 +626,7 @@ def test_the_documented_example_loads(tmp_path):
     c = SqlConnector(loaded.connectors[0])
     assert [s.name for s in c.sources] == ["mail", "users", "subscriptions"]
     assert c.sources[0].preset.charset == "cp1251"
-    from grammar.compiler import compile_text
+    from herald.grammar.compiler import compile_text
     rules = [block for lang, block in _blocks(doc) if lang == "rules"]
     assert rules
     for text in rules:

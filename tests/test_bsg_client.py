@@ -1,4 +1,4 @@
-"""engine/bsg.py against tiny ASGI apps that answer with BSG's documented shapes
+"""engine/bsg/client.py against tiny ASGI apps that answer with BSG's documented shapes
 (shared/spec/BSG-API.md), mounted through httpx.ASGITransport — and one real closed port."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import httpx
 import pytest
 import trio
 
-from engine.bsg import (
+from herald.engine.bsg.client import (
     AltRoute, Balance, BsgClient, BsgError, BsgUnavailable, Kind, SendResult, SmsItem, Status,
     ViberItem, classify, clients_from_config, parse_status, redact,
 )
-from engine.config import BackupEndpoint, BsgConfig, Secret
-from engine.errors import HeraldError
+from herald.engine.config import BackupEndpoint, BsgConfig, Secret
+from herald.engine.errors import HeraldError
 
 KEY = "live_SuperSecretKey123"
 URL = "http://bsg.test/rest"

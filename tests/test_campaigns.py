@@ -81,7 +81,7 @@ async def test_ten_thousand_recipients_window_restart_and_end(tmp_path, monkeypa
             assert one["body"] == "Клиент 0, скидки до 50%!"
             assert final["cost"] == f"{handed * 0.02:.2f}".rstrip("0").rstrip(".")
 
-            from engine.cli import main
+            from herald.engine.cli.main import main
             capsys.readouterr()
             assert await trio.to_thread.run_sync(main, ["campaign", "status", "-c", str(config), "black-friday",
                                                         "--once"]) == 0
@@ -150,7 +150,7 @@ async def test_pause_resume_cancel_and_a_list_campaign(tmp_path, monkeypatch, ca
             for phone in phones(60):
                 await daemon.db(daemon.store.put_confirmed_subscriber, "news", phone, "s1", now)
             end = (now + timedelta(hours=1)).isoformat()
-            from engine.cli import main
+            from herald.engine.cli.main import main
 
             def cli(*argv: str) -> str:
                 capsys.readouterr()
@@ -329,7 +329,7 @@ async def test_set_changes_budget_end_and_rate_and_a_budget_stop_goes_on(tmp_pat
             assert patched.json()["end"] == later.isoformat() and patched.json()["rate"] == 10
             assert patched.json()["state"] == "stopped"
 
-            from engine.cli import main
+            from herald.engine.cli.main import main
             capsys.readouterr()
             code = await trio.to_thread.run_sync(main, ["campaign", "set", "-c", str(config), "bf", "--budget", "1",
                                                         "--rate", "500/s"])
@@ -370,7 +370,7 @@ async def test_herald_check_and_the_daemon_say_where_a_campaign_file_is_wrong(tm
                                           "  budgett: 5\n", encoding="utf-8")
         (folder / "old.yaml").write_text("enabled: false\nphones: ['+79101112233']\ntext: x\n"
                                          "end: 2001-01-01T00:00:00\n", encoding="utf-8")
-        from engine.cli import main
+        from herald.engine.cli.main import main
         capsys.readouterr()
         assert main(["check", "-c", str(config)]) == 1
         err = capsys.readouterr().err

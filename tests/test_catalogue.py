@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.loader import load_project
-from engine.ruletest import run_file
-from engine.templates import load_templates
-from engine.simulate import simulate
+from herald.engine.rules.loader import load_project
+from herald.engine.rules.ruletest import run_file
+from herald.engine.rules.templates import load_templates
+from herald.engine.rules.simulate import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = ROOT / "rules" / "catalogue.rules"

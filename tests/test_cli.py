@@ -10,7 +10,7 @@ from tests.conftest import BASE_CONFIG
 
 
 def herald(*args, cwd):
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "herald.engine.cli.main", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=60)
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -124,8 +124,8 @@ def _store_with_an_order(root, events: int = 1):
     """A store as the daemon leaves it: order 42's events and one message."""
     from datetime import datetime, timedelta, timezone
 
-    from engine.events import Event
-    from engine.store import Store
+    from herald.engine.events import Event
+    from herald.engine.store import Store
     store = Store(root / "var" / "herald.db")
     start = datetime(2026, 11, 27, 19, 0, tzinfo=timezone.utc)
     store.add_events([Event("order.updated", {"order": {"id": 42, "number": "A-42", "status": "N"}}, "s1",
@@ -163,7 +163,7 @@ def test_a_timeline_piped_into_head_stops_quietly(project_dir):
     """`herald timeline … | head`: no BrokenPipeError traceback when the reader goes away."""
     project_dir.setup(GOOD)
     _store_with_an_order(project_dir.root, events=3000)      # far more than a pipe holds
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "timeline", "order:42"], cwd=project_dir.root,
+    proc = subprocess.Popen([sys.executable, "-m", "herald.engine.cli.main", "timeline", "order:42"], cwd=project_dir.root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = proc.stdout.readline()
     proc.stdout.close()                                     # what `head -1` does after its line

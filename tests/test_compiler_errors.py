@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from grammar.compiler import compile_text
+from herald.grammar.compiler import compile_text
 
 EXPECTED_AFTER_PATH = ("expected `after`, `and`, `changes`, `contains`, `if`, `in`, `is`, `matches`, `not`, "
                        "`once`, `or`, `send`, `subscribe`, `unsubscribe` or a comparison (==, !=, <, <=, >, >=)")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from grammar.compiler import compile_text
-from grammar.model import Rule
+from herald.grammar.compiler import compile_text
+from herald.grammar.model import Rule
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(GOLDEN.glob("*.rules"))

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import (
+from herald.engine.config import (
     BackupEndpoint, Config, Secret, Site, default_config, load_config, reveal,
 )
-from engine.errors import ConfigError
-from engine.windows import SendWindow
+from herald.engine.errors import ConfigError
+from herald.engine.helpers.windows import SendWindow
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-VALUE-must-not-leak"

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import trio
 
-import connectors
-from connectors.spool import CURSOR_KEY, SpoolConnector
-from engine.config import ConnectorConfig, load_config
-from engine.daemon import Daemon
-from engine.errors import ConfigError
+from herald import connectors
+from herald.connectors.spool import CURSOR_KEY, SpoolConnector
+from herald.engine.config import ConnectorConfig, load_config
+from herald.engine.daemon import Daemon
+from herald.engine.errors import ConfigError
 from tests.daemon_helpers import ROOT, fake_bsg, free_port, herald, start_daemon, write_project
 
 CARD = 'on order.status == "shipped" send omni to customer.phone using "shipped" between 00:00-24:00\n'
@@ -131,7 +131,7 @@ class FakeContext:
         self.status: tuple[bool, str] = (False, "starting")
 
     async def emit(self, events, *, cursor=None):
-        from engine.events import parse_event
+        from herald.engine.events import parse_event
         parsed = [parse_event(e, default_site="s1", known_sites={"s1": None}, pointer=f"/{i}")
                   for i, e in enumerate(events)]
         for event in parsed:

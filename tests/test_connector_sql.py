@@ -15,13 +15,13 @@ import pytest
 import sqlalchemy as sa
 import trio
 
-import connectors
-from connectors import sql as sqlmod
-from connectors.sql import (MappedSource, SqlConnector, decode_cursor, encode_cursor, json_value)
-from engine.config import ConnectorConfig, Secret, load_config
-from engine.daemon import Daemon
-from engine.errors import ConfigError
-from engine.events import parse_event
+from herald import connectors
+from herald.connectors import sql as sqlmod
+from herald.connectors.sql import (MappedSource, SqlConnector, decode_cursor, encode_cursor, json_value)
+from herald.engine.config import ConnectorConfig, Secret, load_config
+from herald.engine.daemon import Daemon
+from herald.engine.errors import ConfigError
+from herald.engine.events import parse_event
 from tests.daemon_helpers import fake_bsg, free_port, herald, write_project
 from tests.sqlservers import db_url, dialect_of, mariadb_url, postgres_url, sqlite_url  # noqa: F401 (fixtures)
 
@@ -335,7 +335,7 @@ def test_presets_are_looked_up_and_their_sources_join_the_custom_ones(tmp_path, 
     assert 'two sources are named "mail"' in p
 
     def broken(config, settings):
-        from engine.errors import Diagnostic
+        from herald.engine.errors import Diagnostic
         raise ConfigError([Diagnostic("demo preset: charset: nope", config.locations.get("demo"))])
 
     monkeypatch.setitem(sqlmod.PRESETS, "demo", broken)
@@ -733,7 +733,7 @@ async def test_an_unreachable_server_is_down_once_and_the_password_stays_hidden(
 
 
 def test_the_documented_example_config_and_rules_load(tmp_path):
-    from grammar.compiler import compile_text
+    from herald.grammar.compiler import compile_text
     doc = (Path(__file__).resolve().parent.parent / "docs" / "connectors" / "sql.md").read_text(encoding="utf-8")
     blocks = re.findall(r"^```(\w+)\n(.*?)^```", doc, re.S | re.M)
     (config, *_) = [text for lang, text in blocks if lang == "yaml"]

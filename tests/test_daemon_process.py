@@ -100,7 +100,7 @@ def test_sigkill_at_random_moments_never_loses_or_repeats_a_message(tmp_path):
     rounds, total = 20, 1000
     rng = random.Random(20261127)
     bsg_port, api_port = free_port(), free_port()
-    fake = subprocess.Popen([sys.executable, "-m", "engine.cli",
+    fake = subprocess.Popen([sys.executable, "-m", "herald.engine.cli.main",
                              "fake-bsg", "--port", str(bsg_port), "--delivery-delay", "0.2"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -147,7 +147,7 @@ def test_sigkill_at_random_moments_never_loses_or_repeats_a_message(tmp_path):
 
 def test_json_logs_and_no_secret_in_logs_traces_or_history(tmp_path):
     bsg_port, api_port = free_port(), free_port()
-    fake = subprocess.Popen([sys.executable, "-m", "engine.cli", "fake-bsg", "--port", str(bsg_port)],
+    fake = subprocess.Popen([sys.executable, "-m", "herald.engine.cli.main", "fake-bsg", "--port", str(bsg_port)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     secret_key, token = "live_S3CR3TKEY0123456789", "tok-S3CR3T-0987654321"
     try:
@@ -157,7 +157,7 @@ def test_json_logs_and_no_secret_in_logs_traces_or_history(tmp_path):
         text = config.read_text() + f"bsg:\n  url: http://127.0.0.1:{bsg_port}\n  api_key: !env BSG_API_KEY\n"
         config.write_text(text)
         env = {"BSG_API_KEY": secret_key, "HERALD_TOKEN": token}
-        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "-c", str(config), "--log-format", "json"],
+        proc = subprocess.Popen([sys.executable, "-m", "herald.engine.cli.main", "run", "-c", str(config), "--log-format", "json"],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT), **env})
         try:
@@ -178,7 +178,7 @@ def test_json_logs_and_no_secret_in_logs_traces_or_history(tmp_path):
         assert code == 0
         records = [json.loads(line) for line in out.splitlines() if line.strip()]
         assert {"time", "level", "logger", "message"} <= set(records[0])
-        history = subprocess.run([sys.executable, "-m", "engine.cli", "trace", "1", "-c", str(config)], cwd=tmp_path,
+        history = subprocess.run([sys.executable, "-m", "herald.engine.cli.main", "trace", "1", "-c", str(config)], cwd=tmp_path,
                                  capture_output=True, text=True, env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
         assert "POST /sms/create" in history.stdout
         store_files = [p.read_bytes().decode("latin-1") for p in (tmp_path / "var").iterdir()]   # db and its WAL
@@ -196,7 +196,7 @@ def test_sigkill_during_failover_never_sends_a_message_through_both_endpoints(tm
     rounds, total = 9, 360
     rng = random.Random(20261128)
     main_port, backup_port, api_port = free_port(), free_port(), free_port()
-    fakes = [subprocess.Popen([sys.executable, "-m", "engine.cli", "fake-bsg", "--port", str(port),
+    fakes = [subprocess.Popen([sys.executable, "-m", "herald.engine.cli.main", "fake-bsg", "--port", str(port),
                                "--delivery-delay", "0.2", "--api-key", "test_key"],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for port in (main_port, backup_port)]

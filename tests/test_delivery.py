@@ -16,9 +16,9 @@ import httpx
 import trio
 from aiosmtpd.controller import Controller
 
-from engine.config import load_config
-from engine.daemon import Clock, Daemon
-from engine.fakebsg import FakeBSG, serve
+from herald.engine.config import load_config
+from herald.engine.daemon import Clock, Daemon
+from herald.engine.bsg.fake import FakeBSG, serve
 from tests.daemon_helpers import free_port
 
 SMS_RULE = 'on order.created send sms to customer.phone text "Заказ #ORDER_ID# принят"\n'
@@ -521,7 +521,7 @@ async def test_an_id_only_report_must_name_one_message(tmp_path, monkeypatch):
 async def test_recovery_after_a_crash_does_not_hold_up_the_api(tmp_path, monkeypatch):
     """A message left `sending` by a crash, its endpoint answering slowly: the API answers
     while the look-up is still out, and the message is then resolved (found: not resent)."""
-    from engine.store import Store
+    from herald.engine.store import Store
     monkeypatch.chdir(tmp_path)
     async with bsg_endpoints(1) as (main,):
         config = project(tmp_path, SMS_RULE, main.url)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from engine.cli import main as cli_main
+from herald.engine.cli.main import main as cli_main
 from tests.daemon_helpers import fake_bsg, free_port, herald, write_project
 
 PEOPLE = """\

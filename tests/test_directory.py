@@ -13,13 +13,13 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from engine.config import Secret, load_config
-from engine.directory import (
+from herald.engine.config import Secret, load_config
+from herald.engine.audience.directory import (
     PHONE_AUTH, BitrixDirectory, FileDirectory, Lookup, StaticDirectory, members_trace, open_directory,
 )
-from engine.errors import ConfigError
-from engine.evaluate import Evaluator
-from engine.events import parse_event
+from herald.engine.errors import ConfigError
+from herald.engine.rules.evaluate import Evaluator
+from herald.engine.events import parse_event
 from tests.sqlservers import db_url, mariadb_url, postgres_url, sqlite_url  # noqa: F401 — fixtures
 
 MSK = ZoneInfo("Europe/Moscow")
@@ -515,8 +515,8 @@ def test_members_trace_wording():
 async def test_daemon_builds_the_directory_and_rebuilds_it_on_reload(tmp_path, monkeypatch):
     import trio
 
-    from engine.daemon import Daemon
-    from engine.fakebsg import FakeBSG, serve
+    from herald.engine.daemon import Daemon
+    from herald.engine.bsg.fake import FakeBSG, serve
     from tests.daemon_helpers import free_port, write_project
 
     monkeypatch.chdir(tmp_path)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from grammar.compiler import compile_text
-from engine.templates import load_templates
+from herald.grammar.compiler import compile_text
+from herald.engine.rules.templates import load_templates
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -119,8 +119,8 @@ def test_a_broken_example_is_caught(tmp_path: Path) -> None:
 
 def test_the_rule_tests_example_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/rule-tests.md's blocks starting `# PATH` form a project whose tests pass."""
-    from engine.loader import load_project
-    from engine.ruletest import format_results, run_tests
+    from herald.engine.rules.loader import load_project
+    from herald.engine.rules.ruletest import format_results, run_tests
 
     written = []
     for block in fenced_blocks(RULE_TESTS_DOC):

@@ -1,8 +1,8 @@
-"""The circuit breaker of each BSG endpoint (engine/endpoints.py)."""
+"""The circuit breaker of each BSG endpoint (engine/delivery/endpoints.py)."""
 
-from engine.bsg import BsgClient
-from engine.config import Failover
-from engine.endpoints import Endpoint, Router
+from herald.engine.bsg.client import BsgClient
+from herald.engine.config import Failover
+from herald.engine.delivery.endpoints import Endpoint, Router
 
 
 def endpoint(name="main", **policy) -> Endpoint:

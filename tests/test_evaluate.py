@@ -3,9 +3,9 @@
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from engine.directory import StaticDirectory
-from engine.evaluate import Evaluator
-from engine.events import parse_event
+from herald.engine.audience.directory import StaticDirectory
+from herald.engine.rules.evaluate import Evaluator
+from herald.engine.events import parse_event
 from tests.conftest import BASE_CONFIG
 
 MSK = ZoneInfo("Europe/Moscow")

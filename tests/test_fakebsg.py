@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from engine.fakebsg import FakeBSG, create_app, main, serve
+from herald.engine.bsg.fake import FakeBSG, create_app, main, serve
 
 KEY = "test_secret_key_123"
 ROOT = Path(__file__).resolve().parent.parent
@@ -704,7 +704,7 @@ async def test_two_servers_get_different_ports():
 
 def test_main_prints_the_address_and_never_the_key():
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from engine.fakebsg import main; sys.exit(main(sys.argv[1:]))",
+        [sys.executable, "-c", "import sys; from herald.engine.bsg.fake import main; sys.exit(main(sys.argv[1:]))",
          "--port", "0", "--api-key", KEY, "--delivery-delay", "0", "--balance", "5"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(20, proc.kill)

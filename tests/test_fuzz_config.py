@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from engine.config import Config, load_config
-from engine.errors import ConfigError
+from herald.engine.config import Config, load_config
+from herald.engine.errors import ConfigError
 from tests.conftest import BASE_CONFIG
 from tests.fuzz import fuzz
 

@@ -24,7 +24,7 @@ import trio
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-from engine.http import create_app
+from herald.engine.api.routes import create_app
 from tests.audience_helpers import fake_and_project, running
 from tests.fuzz import fuzz
 

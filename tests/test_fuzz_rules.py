@@ -2,7 +2,7 @@
 or located errors, never another exception.
 
 The entry point is `compile_text`, which `herald check`, a start and every reload use (through
-engine.loader.compile_rules); each compiled rule is then put through what the loader and the
+herald.engine.rules.loader.compile_rules); each compiled rule is then put through what the loader and the
 runtime do with it: the static checks, the matcher, printing and evaluating its condition.
 Inputs are bounded (a few KB, nesting and literals a little past the compiler's limits), so no
 input can be slow; the slowest seen is printed at the end of a run (`-s` shows it).
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from engine.config import _load_text
-from engine.loader import check_rules
-from engine.matcher import Matcher
-from engine.templates import load_templates
-from grammar.compiler import KEYWORDS, MAX_DEPTH, MAX_DIGITS, MAX_PATH_PARTS, compile_text
+from herald.engine.config import _load_text
+from herald.engine.rules.loader import check_rules
+from herald.engine.rules.matcher import Matcher
+from herald.engine.rules.templates import load_templates
+from herald.grammar.compiler import KEYWORDS, MAX_DEPTH, MAX_DIGITS, MAX_PATH_PARTS, compile_text
 from tests.conftest import BASE_CONFIG, BASE_TEMPLATES
 from tests.fuzz import fuzz
 

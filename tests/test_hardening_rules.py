@@ -14,7 +14,7 @@ import threading
 import httpx
 import pytest
 
-from grammar.compiler import compile_text
+from herald.grammar.compiler import compile_text
 from tests.daemon_helpers import fake_bsg, free_port, herald, start_daemon, wait_http, write_project
 
 SEND = 'send sms to customer.phone text "x"'
@@ -59,8 +59,8 @@ def test_deep_state_trigger_and_once_per_keys_are_located_errors():
 
 
 def test_nesting_up_to_the_limit_compiles_prints_and_evaluates():
-    from grammar.compiler import MAX_DEPTH
-    from grammar.model import Outcome
+    from herald.grammar.compiler import MAX_DEPTH
+    from herald.grammar.model import Outcome
 
     # `not` × (MAX_DEPTH - 2) around a comparison of a path: exactly MAX_DEPTH levels
     text = f"on order.created if {'not ' * (MAX_DEPTH - 2)}order.paid == true {SEND}"
@@ -144,7 +144,7 @@ def test_a_lone_surrogate_in_the_text_is_a_located_error():
 # ---- the same rule through every door: check, start, POST /reload, SIGHUP -------------------------------
 
 def test_herald_check_prints_the_located_error_and_no_traceback(project_dir, capsys):
-    from engine.cli import main
+    from herald.engine.cli.main import main
 
     project_dir.setup(DEEP_NOT)
     assert main(["check"]) == 1
@@ -229,7 +229,7 @@ CONNECTOR = f"""connectors:
 
 
 def test_a_plain_text_password_in_the_bsg_url_is_warned_about_without_the_password(tmp_path):
-    from engine.config import load_config
+    from herald.engine.config import load_config
 
     path = tmp_path / "herald.yaml"
     path.write_text(f"bsg:\n  url: https://proxy:{PASSWORD}@bsg.example/\n  api_key: !env K\n")
@@ -243,7 +243,7 @@ def test_a_plain_text_password_in_the_bsg_url_is_warned_about_without_the_passwo
 
 
 def test_a_plain_text_password_in_a_connector_url_is_warned_about_without_the_password(tmp_path):
-    from engine.config import Secret, load_config
+    from herald.engine.config import Secret, load_config
 
     path = tmp_path / "herald.yaml"
     path.write_text(CONNECTOR.format(port=3306))
@@ -282,8 +282,8 @@ def test_the_daemon_warns_about_the_url_password_and_never_logs_it(tmp_path):
 # ---- config loading: every crash the fuzzer found, as a located error ------------------------------
 
 def _config_errors(tmp_path, text: str, env: dict | None = None) -> list[str]:
-    from engine.config import load_config
-    from engine.errors import ConfigError
+    from herald.engine.config import load_config
+    from herald.engine.errors import ConfigError
 
     path = tmp_path / "h.yaml"
     path.write_text(text, encoding="utf-8")
@@ -326,8 +326,8 @@ def test_a_lone_surrogate_in_the_environment_is_a_located_error_without_the_valu
 
 
 def test_control_characters_are_located(tmp_path):
-    from engine.config import _load_text
-    from engine.errors import ConfigError
+    from herald.engine.config import _load_text
+    from herald.engine.errors import ConfigError
     from pathlib import Path
 
     with pytest.raises(ConfigError) as err:

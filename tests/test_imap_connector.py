@@ -14,10 +14,10 @@ import httpx
 import pytest
 import trio
 
-from connectors.imap import ImapConnector
-from engine.config import load_config
-from engine.daemon import Daemon
-from engine.errors import ConfigError
+from herald.connectors.imap import ImapConnector
+from herald.engine.config import load_config
+from herald.engine.daemon import Daemon
+from herald.engine.errors import ConfigError
 from tests.daemon_helpers import ROOT, fake_bsg, free_port, herald, start_daemon, wait_http, write_project
 from tests.dovecot import bitrix_mail, dovecot  # noqa: F401 (fixture)
 
@@ -119,7 +119,7 @@ async def test_polling_over_tls_moves_processed_mail_and_a_second_copy_is_not_se
 
 
 def _digest(message_id: str) -> str:
-    from connectors.mail import mail_digest
+    from herald.connectors.mail import mail_digest
     return mail_digest(b"", message_id)
 
 
@@ -146,7 +146,7 @@ async def test_a_burst_of_1000_mails_is_processed_exactly_once(dovecot, tmp_path
 def test_herald_killed_mid_stream_loses_and_repeats_no_mail(dovecot, tmp_path):
     """SIGKILL `herald run` three times while 300 mails arrive: each is one SMS."""
     total, bsg_port, api_port = 300, free_port(), free_port()
-    fake = subprocess.Popen([sys.executable, "-m", "engine.cli", "fake-bsg", "--port", str(bsg_port),
+    fake = subprocess.Popen([sys.executable, "-m", "herald.engine.cli.main", "fake-bsg", "--port", str(bsg_port),
                              "--delivery-delay", "0.1"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
     bsg = f"http://127.0.0.1:{bsg_port}"
@@ -327,7 +327,7 @@ def _load_block(tmp_path, text: str):
 
 
 def test_the_documented_configs_load_and_their_rules_compile(tmp_path, monkeypatch):
-    from grammar.compiler import compile_text
+    from herald.grammar.compiler import compile_text
     from tests.test_docs import fenced_blocks
     monkeypatch.setenv("IMAP_PASSWORD", "x-secret")
     monkeypatch.setenv("SHOP_MAIL_PASSWORD", "x-secret")
@@ -363,8 +363,8 @@ def two_sites(tmp_path, config_path):
 
 
 def test_a_mistyped_site_or_a_bad_flag_is_reported_by_herald_check(tmp_path):
-    from engine.errors import LoadError
-    from engine.loader import load_project
+    from herald.engine.errors import LoadError
+    from herald.engine.rules.loader import load_project
     options = 'host: 127.0.0.1, security: none, user: u, password: p'
     for extra, expected in (("site: s9", ['site: unknown site "s9"', "sites: s1"]),
                             ("site: S1", ['site: unknown site "S1"', 'did you mean "s1"?']),

@@ -59,7 +59,7 @@ async def test_pushes_are_journaled_once_and_match_polled_ones(tmp_path, monkeyp
             await wait_for(lambda: sms_to(fake, "79004445566"), what="the STOP confirmation")
 
             # the same SMS found by a poll is the same event
-            from engine.incoming import poll_once
+            from herald.engine.audience.incoming import poll_once
             fake.inject_incoming("79004445566", "OTPISKA", time="2026-03-02 07:00:00")
             assert fake.incoming("2026-03-02 00:00:00", "2026-03-03 00:00:00")["result"][0]["id"] != "77"
             fake_id = fake.incoming("2026-03-02 00:00:00", "2026-03-03 00:00:00")["result"][0]["id"]
@@ -112,7 +112,7 @@ S2 = """  s2:
 async def test_each_bsg_account_is_polled_and_its_balance_stops_only_its_campaigns(tmp_path, monkeypatch):
     from datetime import datetime, timedelta, timezone
 
-    from engine.fakebsg import FakeBSG
+    from herald.engine.bsg.fake import FakeBSG
     from tests.audience_helpers import project
     from tests.test_multisite import bsg_accounts
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.errors import ConfigError, RulesError
+from herald.engine.errors import ConfigError, RulesError
 
 
 def headlines(exc) -> list[str]:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from connectors.mail import MailMapping, OptionError, Rejected, mapping_from_options
+from herald.connectors.mail import MailMapping, OptionError, Rejected, mapping_from_options
 from tests.dovecot import bitrix_mail
 
 PREFIX = "imap:mailbox:"
@@ -156,7 +156,7 @@ def test_a_body_that_cannot_be_decoded_is_unparseable(body, cte, charset):
 
 
 def test_the_rejection_record_of_an_oversize_mail_has_its_subject_and_sender():
-    from connectors.mail import rejected_event
+    from herald.connectors.mail import rejected_event
     raw = bitrix_mail("SALE_NEW_ORDER", subject="Огромное письмо", text="x" * 5000)
     with pytest.raises(Rejected) as caught:
         mapping(max_size=1000).event(raw, id_prefix=PREFIX)

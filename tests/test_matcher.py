@@ -4,10 +4,10 @@ from datetime import datetime, timezone
 
 from hypothesis import given, settings, strategies as st
 
-from engine.events import Event, EventScope
-from engine.matcher import Matcher, why_not
-from grammar.compiler import compile_text
-from grammar.model import EventTrigger, StateTrigger
+from herald.engine.events import Event, EventScope
+from herald.engine.rules.matcher import Matcher, why_not
+from herald.grammar.compiler import compile_text
+from herald.grammar.model import EventTrigger, StateTrigger
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
 

@@ -16,9 +16,9 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from engine.config import load_config
-from engine.errors import ConfigError
-from engine.fakebsg import FakeBSG, create_app
+from herald.engine.config import load_config
+from herald.engine.errors import ConfigError
+from herald.engine.bsg.fake import FakeBSG, create_app
 from tests.daemon_helpers import free_port
 from tests.test_delivery import ManualClock, daemon_for, wait_for
 

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import trio
 
-from engine.cli import main as cli_main
+from herald.engine.cli.main import main as cli_main
 from tests.daemon_helpers import fake_bsg, free_port, herald, write_project
 
 RULES = """\
@@ -210,9 +210,9 @@ def test_a_deferral_with_no_recorded_cause_names_none(tmp_path):
     when, and invents no reason."""
     from datetime import datetime, timedelta, timezone
 
-    from engine.events import Event
-    from engine.store import Store
-    from engine.timeline import build_timeline, format_timeline
+    from herald.engine.events import Event
+    from herald.engine.store import Store
+    from herald.engine.store.timeline import build_timeline, format_timeline
     store = Store(tmp_path / "herald.db")
     at = datetime(2026, 11, 27, 19, 0, tzinfo=timezone.utc)
     store.add_events([Event("order.created", {"order": {"id": 5}}, "s1", "c-5", at)], "http")

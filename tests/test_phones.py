@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.phones import Phone, normalize_many, normalize_phone
+from herald.engine.helpers.phones import Phone, normalize_many, normalize_phone
 
 
 @pytest.mark.parametrize(

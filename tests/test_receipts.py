@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 import trio
 
-from engine.bsg import Kind, SendResult
-from engine.config import load_config
-from engine.daemon import Daemon
-from engine.dispatcher import RECEIPT_FALLBACK_POLL
-from engine.fakebsg import FakeBSG, serve
+from herald.engine.bsg.client import Kind, SendResult
+from herald.engine.config import load_config
+from herald.engine.daemon import Daemon
+from herald.engine.delivery.dispatcher import RECEIPT_FALLBACK_POLL
+from herald.engine.bsg.fake import FakeBSG, serve
 from tests.daemon_helpers import free_port, write_project
 from tests.test_daemon import CARD, EVENT, _messages, wait_for
 
@@ -209,7 +209,7 @@ async def _async(value):
 
 
 def test_config_callback_secret(tmp_path):
-    from engine.errors import ConfigError
+    from herald.engine.errors import ConfigError
     from tests.test_config import all_text, errors_of, write
 
     secret = "cb-VALUE-must-not-leak"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from engine.store import Store
+from herald.engine.store import Store
 from tests.virtual_daemon import virtual_clock  # noqa: F401  (the fixture)
 from tests.virtual_daemon import fakes, order, outcomes, post, states, until, virtual_daemon, write_config
 
@@ -113,8 +113,8 @@ async def test_a_rate_raised_by_reload_applies_to_the_running_dispatcher(tmp_pat
 
 def test_the_look_up_budget_settings_and_their_errors(tmp_path):
     import pytest
-    from engine.config import load_config
-    from engine.errors import ConfigError
+    from herald.engine.config import load_config
+    from herald.engine.errors import ConfigError
     path = tmp_path / "herald.yaml"
     path.write_text("bsg: {}\n", encoding="utf-8")
     bsg = load_config(path, env={}).bsg

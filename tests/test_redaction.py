@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import logging
 
-from engine.config import load_config
-from engine.logs import setup_logging
-from engine.redaction import secret_values
+from herald.engine.config import load_config
+from herald.engine.logs import setup_logging
+from herald.engine.redaction import secret_values
 
 CONFIG = """
 bsg:

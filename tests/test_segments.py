@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.segments import Segments, analyze, split
+from herald.engine.helpers.segments import Segments, analyze, split
 
 
 def test_empty_text_has_no_parts():

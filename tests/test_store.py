@@ -5,8 +5,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from engine.events import Event
-from engine.store import MIGRATIONS, Store
+from herald.engine.events import Event
+from herald.engine.store import MIGRATIONS, Store
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
 

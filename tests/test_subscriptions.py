@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import trio
 
-from engine.config import load_config
-from engine.errors import ConfigError
+from herald.engine.config import load_config
+from herald.engine.errors import ConfigError
 from tests.audience_helpers import ManualClock, fake_and_project, journal, running, sms_to, wait_for
 
 GUARDS = """  lists: {news: Новости, offers: Акции}
@@ -142,7 +142,7 @@ async def test_unsubscribe_by_http_and_cli(tmp_path, monkeypatch, capsys):
             missing = await client.request("DELETE", "/subscriptions", json={"list": "news"})
             assert missing.status_code == 400 and missing.json()["pointer"] == "/phone"
 
-            from engine.cli import main
+            from herald.engine.cli.main import main
             code = await trio.to_thread.run_sync(main, ["unsubscribe", "-c", str(config), "8 900 444-55-66"])
             assert code == 0
             assert "+79004445566: unsubscribed from news, offers; on the opt-out list" in capsys.readouterr().out

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.segments import analyze
-from engine.translit import needs_translit, to_latin
+from herald.engine.helpers.segments import analyze
+from herald.engine.helpers.translit import needs_translit, to_latin
 
 
 def test_order_message_becomes_gsm7():

@@ -147,7 +147,7 @@ async def test_a_rules_stale_after_ends_it_before_any_failover(tmp_path, virtual
 # ---------------------------------------------------------------- the setting
 
 def load(tmp_path, text: str):
-    from engine.config import load_config
+    from herald.engine.config import load_config
     path = tmp_path / "herald.yaml"
     path.write_text(text, encoding="utf-8")
     return load_config(path, env={})
@@ -165,7 +165,7 @@ def test_the_setting_defaults_to_10_minutes_never_is_inf_and_a_site_may_override
 
 def test_a_bad_value_is_a_located_error_that_says_never_is_allowed(tmp_path):
     import pytest
-    from engine.errors import ConfigError
+    from herald.engine.errors import ConfigError
     with pytest.raises(ConfigError) as info:
         load(tmp_path, "bsg:\n  uncertain_failover_after: soon\nsites:\n  s1: {uncertain_failover_after: -5}\n")
     text = info.value.format()

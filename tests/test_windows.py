@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.windows import WINDOW_FORMAT, SendWindow, parse_window
+from herald.engine.helpers.windows import WINDOW_FORMAT, SendWindow, parse_window
 
 UTC = dt.timezone.utc
 MSK = ZoneInfo("Europe/Moscow")

@@ -20,9 +20,9 @@ import pytest
 import trio
 import trio.testing
 
-from engine.config import load_config
-from engine.daemon import Clock, Daemon
-from engine.fakebsg import FakeBSG, create_app
+from herald.engine.config import load_config
+from herald.engine.daemon import Clock, Daemon
+from herald.engine.bsg.fake import FakeBSG, create_app
 from tests.daemon_helpers import free_port
 
 START = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)

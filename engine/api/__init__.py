@@ -1,0 +1,1 @@
+"""HTTP: the API's routes, the audience routes, the Bitrix24 hook, the client address."""

@@ -1,0 +1,1 @@
+"""Who is told: campaigns, subscriptions, incoming SMS, the employee directory."""

@@ -1,0 +1,924 @@
+"""The BSG REST API v1 client: SMS and Viber sends, status look-ups, the balance.
+
+A small surface over httpx (tests swap the transport; nothing here is patched):
+
+- `send_sms` / `send_viber` split a list into requests of at most 50 recipients (no
+  phone twice in one request: BSG rejects the whole request with 31/51) and return one
+  `SendResult` per item, in the order given. Whatever BSG answered — a per-item error,
+  a top-level error, HTTP 429/5xx/404, a body that is not JSON — becomes each item's
+  `Kind`. Only when BSG cannot be reached (network error, timeout) do they raise
+  `BsgUnavailable`, whose `.results` still holds one result per item: what the earlier
+  requests got, and RETRY for the rest.
+- `sms_status` / `viber_status` / `balance` raise `BsgError` (or `BsgUnavailable`) for a
+  failed request; a status look-up returns None when BSG says "not found" (20 / 40).
+- Requests per second are capped by `rate`, shared by every caller of one client. Status
+  look-ups made with `lookup=True` (resolving an unknown outcome: recovery after a crash,
+  a 23/43 answer, a message uncertain at another endpoint) have a budget of their own —
+  `lookup_rate` per second, at most `lookup_concurrency` in flight — so thousands of them
+  neither wait behind the send rate cap nor hold up sends. `set_rates()` changes both
+  budgets at once, for the callers already waiting too. A 429 or error 11 pauses the
+  whole client, sends and look-ups, for a moment (Retry-After, else 1 s).
+- The API key goes only into the `X-API-KEY` header: never into a message, a repr, a
+  log line or a trace (`on_exchange` gets the request and response bodies, no headers).
+
+BSG's answers vary (see shared/spec/BSG-API.md): nested `{"result": {...}}` and flat
+single-SMS shapes, numbers as strings, `total_price` or `totalprice`; all are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from typing import Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import quote
+
+import httpx
+import trio
+
+from herald.engine.config import DEFAULT_LOOKUP_CONCURRENCY, DEFAULT_LOOKUP_RATE, Secret
+from herald.engine.errors import HeraldError
+
+__all__ = [
+    "Kind", "classify", "describe", "SmsItem", "ViberItem", "SendResult", "AltRoute", "Status",
+    "Balance", "BsgError", "BsgUnavailable", "BsgClient", "clients_from_config", "parse_status",
+    "redact", "MAX_RECIPIENTS", "FINAL_SUCCESS", "FINAL_FAILURE", "OnExchange", "budgets",
+]
+
+log = logging.getLogger("herald.bsg")
+
+MAX_RECIPIENTS = 50          # per request: the docs say 50, the spec 1000; we send 50
+DEFAULT_PAUSE = 1.0          # seconds the client waits after a 429 / error 11 without Retry-After
+CATCH_UP = 1.0               # seconds of slots a late caller may still catch up (the rate is per second)
+
+FINAL_SUCCESS = frozenset({"delivered", "read"})
+FINAL_FAILURE = frozenset({"expired", "undeliverable", "rejected", "failed", "deleted",
+                           "not_viber_user"})
+
+# (method, path, request_json, status_code, response_json, seconds); status_code and
+# response_json are None when no answer came; response_json is the text (cut to 2000
+# characters) when the body is not JSON.
+OnExchange = Callable[[str, str, Any, "int | None", Any, float], None]
+
+
+# --------------------------------------------------------------------------- classification
+
+class Kind(str, Enum):
+    OK = "ok"
+    RETRY = "retry"          # try again later, with backoff
+    FATAL = "fatal"          # never retry this message
+    OPERATOR = "operator"    # never retried; the admin must act (funds, key, tariff)
+    DUPLICATE = "duplicate"  # BSG already has this reference: look it up instead
+
+    def __str__(self) -> str:
+        return self.value
+
+
+DESCRIPTIONS: dict[int, str] = {
+    0: "ok", 1: "invalid API key", 2: "account blocked", 3: "not enough parameters",
+    4: "unknown method", 5: "unknown error", 6: "tariff does not exist",
+    7: "invalid parameters", 8: "not enough funds", 9: "tariff inactive",
+    10: "invalid send time", 11: "too many messages at once", 12: "batch too large",
+    20: "SMS not found", 21: "invalid phone", 22: "reference missing",
+    23: "reference already used", 24: "invalid payload", 25: "invalid originator",
+    26: "text empty or too long", 27: "invalid reference", 28: "invalid validity",
+    29: "invalid task id", 30: "task not found", 31: "phone repeated in request",
+    32: "sender not allowed", 33: "direction not allowed", 35: "2-way not active",
+    36: "wrong 2-way sender", 40: "Viber message not found", 41: "invalid phone (Viber)",
+    43: "reference already used (Viber)", 44: "invalid payload (Viber)",
+    45: "Viber sender not registered", 46: "Viber text empty or too long",
+    47: "invalid reference (Viber)", 48: "invalid validity (Viber)",
+    49: "invalid Viber options", 51: "phone repeated (Viber)",
+}
+
+_RETRY_CODES = frozenset({5, 11})
+_DUPLICATE_CODES = frozenset({23, 43})
+_OPERATOR_CODES = frozenset({1, 2, 6, 8, 9})
+_NOT_FOUND_CODES = frozenset({20, 40})
+
+OPERATOR_HINTS: dict[int, str] = {
+    1: "check bsg.api_key in the config",
+    2: "the BSG account is blocked — contact BSG support",
+    6: "the tariff does not exist — check the tariff in the BSG account",
+    8: "top up the account",
+    9: "the tariff is inactive — activate it in the BSG account",
+}
+
+
+def classify(code: int | None, http_status: int | None = None) -> Kind:
+    """The Kind of a BSG answer: its error code and/or the HTTP status.
+
+    HTTP 429 and 5xx are RETRY whatever the body says. Then a non-zero code decides:
+    5, 11 → RETRY; 23, 43 → DUPLICATE; 1, 2, 6, 8, 9 → OPERATOR; every other code,
+    known or not → FATAL. With no code: HTTP 2xx (or none) → OK, 401/403 → OPERATOR,
+    408 → RETRY, any other HTTP status (404: wrong URL) → FATAL.
+    """
+    if http_status is not None and (http_status == 429 or http_status >= 500):
+        return Kind.RETRY
+    if code:
+        if code in _RETRY_CODES:
+            return Kind.RETRY
+        if code in _DUPLICATE_CODES:
+            return Kind.DUPLICATE
+        if code in _OPERATOR_CODES:
+            return Kind.OPERATOR
+        return Kind.FATAL
+    if http_status is None or 200 <= http_status < 300:
+        return Kind.OK
+    if http_status in (401, 403):
+        return Kind.OPERATOR
+    if http_status == 408:
+        return Kind.RETRY
+    return Kind.FATAL
+
+
+def describe(code: int) -> str:
+    """Our words for a BSG error code ("not enough funds")."""
+    return DESCRIPTIONS.get(code, f"unknown error code {code}")
+
+
+# --------------------------------------------------------------------------- values
+
+@dataclass(frozen=True, slots=True)
+class SmsItem:
+    msisdn: str
+    body: str
+    originator: str
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class ViberItem:
+    msisdn: str
+    text: str
+    alpha_name: str
+    reference: str
+    alt_sms_originator: str | None = None   # with it: SMS fallback when Viber fails
+    alt_sms_text: str | None = None         # None: the Viber text
+    is_promotional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What became of one item. `code` is BSG's error code (0 when BSG gave none);
+    `http_status` is the HTTP status of the request (None: no answer);
+    `unavailable` is True when BSG could not be reached (network error, timeout);
+    `uncertain` is True when BSG may have taken the item although no success came back
+    (a timeout or a dropped connection after the request was sent, HTTP 5xx, an answer
+    that is not JSON): the reference must be looked up there before sending it anywhere else."""
+
+    reference: str
+    kind: Kind
+    id: str | None = None
+    price: Decimal | None = None
+    currency: str | None = None
+    code: int = 0
+    description: str = ""
+    http_status: int | None = None
+    unavailable: bool = False
+    uncertain: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is Kind.OK
+
+
+def _is_final(status: str) -> bool:
+    return status in FINAL_SUCCESS or status in FINAL_FAILURE
+
+
+@dataclass(frozen=True, slots=True)
+class AltRoute:
+    """The fallback of a Viber message (an SMS with its own id and status)."""
+
+    channel: str
+    id: str | None
+    status: str
+    price: Decimal | None = None
+
+    @property
+    def final(self) -> bool:
+        return _is_final(self.status)
+
+    @property
+    def success(self) -> bool:
+        return self.status in FINAL_SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A message's delivery status. `final` and `success` follow BSG-API.md: delivered
+    and read are final successes; expired, undeliverable, rejected, failed, deleted and
+    not_viber_user final failures; anything else is pending. time_* are BSG's text
+    (`YYYY-MM-DD HH:MM:SS`, assumed UTC)."""
+
+    reference: str | None
+    id: str | None
+    status: str
+    final: bool
+    success: bool
+    price: Decimal | None
+    currency: str | None
+    alt_route: tuple[AltRoute, ...] = ()
+    msisdn: str | None = None
+    time_in: str | None = None
+    time_sent: str | None = None
+    time_dr: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return not self.final
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    amount: Decimal          # may be negative (credit)
+    currency: str
+    limit: Decimal | None    # the credit limit, when BSG gives one
+
+
+# --------------------------------------------------------------------------- errors
+
+class BsgError(HeraldError):
+    """A whole request failed: a top-level BSG error, an HTTP error, a body that is not
+    the JSON expected. `kind` says what to do about it."""
+
+    def __init__(self, message: str, *, code: int = 0, description: str = "",
+                 kind: Kind = Kind.FATAL, http_status: int | None = None,
+                 retry_after: float | None = None):
+        self.code = code
+        self.description = description
+        self.kind = kind
+        self.http_status = http_status
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class BsgUnavailable(BsgError):
+    """BSG could not be reached: network error, timeout, connection refused. Always
+    RETRY. From a send, `.results` holds one SendResult per item given (the requests
+    made before the failure keep their real results; the rest are RETRY)."""
+
+    def __init__(self, message: str, *, results: Sequence[SendResult] = (), reached: bool = True):
+        super().__init__(message, kind=Kind.RETRY, description=message)
+        self.results: list[SendResult] = list(results)
+        # False only when the request certainly never reached BSG (connection refused,
+        # no route, DNS): then nothing it carried can have been taken
+        self.reached = reached
+
+
+# --------------------------------------------------------------------------- helpers
+
+_SECRET_KEYS = re.compile(r"(api[-_]?key|apikey|token|secret|password|passwd|authorization"
+                          r"|x-api-key|^key$)", re.IGNORECASE)
+
+
+def redact(obj: Any, secrets: Iterable[str | Secret] = ()) -> Any:
+    """A deep copy of a request/response dict (or list) safe for traces: values under
+    key-, token-, password-like keys become "****", and every occurrence of the given
+    secret values inside strings is replaced too. Secret objects become "****"."""
+    values = [s.reveal() if isinstance(s, Secret) else s for s in secrets]
+    values = sorted((v for v in values if v), key=len, reverse=True)
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, Secret):
+            return "****"
+        if isinstance(value, Mapping):
+            return {k: ("****" if isinstance(k, str) and _SECRET_KEYS.search(k) and value[k] not in (None, "")
+                        else walk(v)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v) for v in value]
+        if isinstance(value, str):
+            for s in values:
+                if s in value:
+                    value = value.replace(s, "****")
+            return value
+        return value
+
+    return walk(obj)
+
+
+def _int(value: Any, default: int = 0) -> int:
+    """BSG's numbers come as ints or strings ("0")."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    try:
+        return int(Decimal(str(value).strip()))
+    except (InvalidOperation, ValueError):
+        return -1   # not a number: an unknown code, so FATAL
+
+
+def _money(value: Any) -> Decimal | None:
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        d = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        return None
+    return d if d.is_finite() else None
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def _code(body: Mapping[str, Any]) -> int | None:
+    """The error code of a dict, None when it has none."""
+    if "error" not in body:
+        return None
+    return _int(body.get("error"))
+
+
+def _description(body: Mapping[str, Any], code: int) -> str:
+    d = body.get("errorDescription") or body.get("error_description") or body.get("message")
+    return str(d) if d else describe(code)
+
+
+def _status_name(value: Any) -> str:
+    return str(value).strip().lower() if value not in (None, "") else "unknown"
+
+
+def parse_status(data: Mapping[str, Any]) -> Status:
+    """A Status from BSG's status shape (a status look-up, or a delivery-report POST).
+    Accepts `{"result": {...}}` around it too."""
+    inner = data.get("result")
+    if isinstance(inner, Mapping):
+        data = inner
+    elif isinstance(inner, list) and inner and isinstance(inner[0], Mapping):
+        data = inner[0]
+    status = _status_name(data.get("status"))
+    alt: list[AltRoute] = []
+    raw_alt = data.get("alt_route")
+    if isinstance(raw_alt, Mapping):
+        raw_alt = [raw_alt]
+    if isinstance(raw_alt, list):
+        for a in raw_alt:
+            if isinstance(a, Mapping):
+                alt.append(AltRoute(channel=str(a.get("channel") or "sms"), id=_text(a.get("id")),
+                                    status=_status_name(a.get("status")), price=_money(a.get("price"))))
+    return Status(
+        reference=_text(data.get("reference")), id=_text(data.get("id")), status=status,
+        final=_is_final(status), success=status in FINAL_SUCCESS,
+        price=_money(data.get("price")), currency=_text(data.get("currency")),
+        alt_route=tuple(alt), msisdn=_text(data.get("msisdn")),
+        time_in=_text(data.get("time_in")), time_sent=_text(data.get("time_sent")),
+        time_dr=_text(data.get("time_dr")),
+    )
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    if response is None:
+        return None
+    raw = response.headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _chunks(items: Sequence[Any], key: Callable[[Any], str]) -> list[list[int]]:
+    """Split indexes into lists of at most MAX_RECIPIENTS with no key (phone) twice."""
+    out: list[list[int]] = []
+    seen: list[set[str]] = []
+    for i, item in enumerate(items):
+        k = key(item)
+        for chunk, keys in zip(out, seen):
+            if len(chunk) < MAX_RECIPIENTS and k not in keys:
+                chunk.append(i)
+                keys.add(k)
+                break
+        else:
+            out.append([i])
+            seen.append({k})
+    return out
+
+
+def _msisdn(value: str) -> str:
+    """BSG wants digits only: drop a leading +, spaces, dashes and brackets."""
+    return re.sub(r"[\s\-()]", "", value).lstrip("+")
+
+
+# --------------------------------------------------------------------------- the answer
+
+@dataclass
+class _Answer:
+    """One HTTP exchange's outcome."""
+
+    status_code: int
+    body: Any                 # parsed JSON, or None when the body is not JSON
+    text: str
+    retry_after: float | None = None
+
+    @property
+    def is_json_object(self) -> bool:
+        return isinstance(self.body, dict)
+
+
+# --------------------------------------------------------------------------- pacing
+
+class _Pacer:
+    """Requests spaced `1/rate` apart, in the order callers arrive (trio.Lock is fair).
+
+    Only the caller at the head of the line sleeps, until its slot or until the rate
+    changes: a new rate applies at once to everyone already waiting, rather than to the
+    slots handed out under the old one. `pause()` (429, error 11) holds the line."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / _positive_rate(rate)
+        self._last = -math.inf          # trio time the last request was let through
+        self._paused_until = -math.inf
+        self._line = trio.Lock()
+        self._changed = trio.Event()
+
+    def _slot(self) -> float:
+        return max(self._last + self.interval, self._paused_until)
+
+    async def wait(self) -> None:
+        async with self._line:
+            while (slot := self._slot()) > trio.current_time():
+                with trio.move_on_at(slot):
+                    await self._changed.wait()
+            # count from the slot, not from a late wake-up: a busy loop must not slow the
+            # rate down (the next few catch up); after an idle spell, from now (no burst)
+            now = trio.current_time()
+            self._last = slot if now - slot < CATCH_UP else now
+
+    def set_rate(self, rate: float) -> None:
+        self.interval = 1.0 / _positive_rate(rate)
+        try:
+            # the next slot comes one new interval after the last request, or now: the
+            # time that passed under the old rate is no debt to catch up in a burst
+            self._last = max(self._last, trio.current_time() - self.interval)
+        except RuntimeError:            # outside trio: nothing waits
+            pass
+        self._changed.set()             # the head of the line recomputes its slot
+        self._changed = trio.Event()
+
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, trio.current_time() + seconds)
+
+
+def _positive_rate(rate: float) -> float:
+    if not rate or rate <= 0 or math.isnan(rate):
+        raise ValueError("rate must be a positive number of requests per second")
+    return float(rate)
+
+
+# --------------------------------------------------------------------------- the client
+
+class BsgClient:
+    """One BSG endpoint. Use as `async with BsgClient(url, key) as bsg: ...`."""
+
+    def __init__(self, url: str, api_key: Secret | str | None, *, rate: float = 20.0,
+                 timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None,
+                 name: str = "main", on_exchange: OnExchange | None = None,
+                 lookup_rate: float = DEFAULT_LOOKUP_RATE,
+                 lookup_concurrency: int = DEFAULT_LOOKUP_CONCURRENCY):
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.url = url.rstrip("/")
+        self.name = name
+        self.timeout = float(timeout)
+        self.on_exchange = on_exchange
+        self._key = api_key if isinstance(api_key, Secret) or api_key is None else Secret(api_key)
+        self._sends = _Pacer(rate)        # every request but budgeted look-ups
+        self._lookups = _Pacer(lookup_rate)
+        self._lookup_slots = trio.CapacityLimiter(_concurrency(lookup_concurrency))
+        self.rate = float(rate)
+        self.lookup_rate = float(lookup_rate)
+        self._http = httpx.AsyncClient(
+            base_url=self.url + "/", transport=transport, timeout=timeout,
+            headers={"Accept": "application/json", "User-Agent": "herald-bsg/1"},
+        )
+
+    def __repr__(self) -> str:
+        return f"BsgClient(name={self.name!r}, url={self.url!r}, rate={self.rate!r})"
+
+    @property
+    def lookup_concurrency(self) -> int:
+        return int(self._lookup_slots.total_tokens)
+
+    def set_rates(self, rate: float, lookup_rate: float | None = None,
+                  lookup_concurrency: int | None = None) -> None:
+        """New budgets (a reload): they apply at once, to callers already waiting too."""
+        self._sends.set_rate(rate)
+        self.rate = float(rate)
+        if lookup_rate is not None:
+            self._lookups.set_rate(lookup_rate)
+            self.lookup_rate = float(lookup_rate)
+        if lookup_concurrency is not None:
+            # look-ups already in flight finish; the new bound holds from the next one
+            self._lookup_slots.total_tokens = _concurrency(lookup_concurrency)
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        raise TypeError("a BsgClient cannot be pickled")
+
+    @classmethod
+    def from_config(cls, cfg: Any, **kw: Any) -> "BsgClient":
+        """The main endpoint of a BsgConfig."""
+        return cls(cfg.url, cfg.api_key, **budgets(cfg), **kw)
+
+    async def __aenter__(self) -> "BsgClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ----------------------------------------------------------------- rate and transport
+
+    async def _wait_turn(self, lookup: bool = False) -> None:
+        """Space requests 1/rate apart (look-ups: 1/lookup_rate); callers of one client
+        share the slots."""
+        await (self._lookups if lookup else self._sends).wait()
+
+    def _pause(self, seconds: float | None) -> None:
+        """After a 429 / error 11: no request from this client before now + seconds."""
+        seconds = DEFAULT_PAUSE if seconds is None else min(seconds, 60.0)
+        self._sends.pause(seconds)
+        self._lookups.pause(seconds)
+        log.warning("BSG %s: too many requests — pausing %.1f s", self.name, seconds)
+
+    def _trace(self, method: str, path: str, request_json: Any, status: int | None,
+               response: Any, seconds: float) -> None:
+        if self.on_exchange is None:
+            return
+        secrets = [self._key] if self._key else []
+        try:
+            self.on_exchange(method, path, redact(request_json, secrets), status,
+                             redact(response, secrets), seconds)
+        except Exception:   # a broken trace store must not break sending
+            log.exception("BSG %s: the on_exchange callback failed", self.name)
+
+    async def _exchange(self, method: str, path: str, payload: Any = None, *,
+                        lookup: bool = False) -> _Answer:
+        """One HTTP request. Raises BsgUnavailable when no answer came."""
+        if lookup:
+            async with self._lookup_slots:
+                return await self._request(method, path, payload, lookup=True)
+        return await self._request(method, path, payload)
+
+    async def _request(self, method: str, path: str, payload: Any = None, *,
+                       lookup: bool = False) -> _Answer:
+        await self._wait_turn(lookup)
+        headers = {"X-API-KEY": self._key.reveal()} if self._key else {}
+        started = trio.current_time()
+        try:
+            with trio.fail_after(self.timeout):
+                response = await self._http.request(method, path.lstrip("/"), json=payload,
+                                                    headers=headers)
+        except trio.TooSlowError as exc:
+            self._trace(method, path, payload, None, None, trio.current_time() - started)
+            message = f"BSG {self.name}: no answer to {method} {path} within {self.timeout:g} s"
+            log.warning(message)
+            raise BsgUnavailable(message) from exc
+        except httpx.HTTPError as exc:
+            self._trace(method, path, payload, None, None, trio.current_time() - started)
+            detail = str(exc) or type(exc).__name__
+            if self._key:
+                detail = detail.replace(self._key.reveal(), "****")
+            message = (f"BSG {self.name} unreachable ({type(exc).__name__}: {detail}) "
+                       f"on {method} {path}")
+            log.warning(message)
+            raise BsgUnavailable(message, reached=not isinstance(exc, (httpx.ConnectError,
+                                                                        httpx.ConnectTimeout))) from exc
+        except OSError as exc:
+            self._trace(method, path, payload, None, None, trio.current_time() - started)
+            message = f"BSG {self.name} unreachable ({type(exc).__name__}) on {method} {path}"
+            log.warning(message)
+            raise BsgUnavailable(message, reached=not isinstance(exc, ConnectionRefusedError)) from exc
+        seconds = trio.current_time() - started
+        text = response.text
+        try:
+            body = json.loads(text) if text.strip() else None
+        except ValueError:
+            body = None
+        secret = self._key.reveal() if self._key else ""
+        if secret and secret in text:   # an echo of the key goes no further than here
+            text = text.replace(secret, "****")
+            body = redact(body, [secret])
+        self._trace(method, path, payload, response.status_code,
+                    body if body is not None else text[:2000], seconds)
+        log.debug("BSG %s: %s %s → HTTP %s in %.3f s", self.name, method, path,
+                  response.status_code, seconds)
+        answer = _Answer(response.status_code, body, text, _retry_after(response))
+        if response.status_code == 429 or (isinstance(body, dict) and _code(body) == 11):
+            self._pause(answer.retry_after)
+        return answer
+
+    def _operator_alert(self, code: int, description: str) -> None:
+        hint = OPERATOR_HINTS.get(code, "the admin must act")
+        words = description if description and description != describe(code) else describe(code)
+        log.error("BSG %s says: %s (%d) — %s", self.name, words, code, hint)
+
+    def _failure(self, answer: _Answer, what: str) -> BsgError:
+        """A BsgError for an answer that is an error (top-level or HTTP)."""
+        http = answer.status_code
+        body = answer.body if answer.is_json_object else None
+        code = _code(body) if body is not None else None
+        if not code and body is not None and isinstance(body.get("result"), dict) \
+                and _code(body["result"]):
+            body = body["result"]
+            code = _code(body)
+        if code and code > 0:
+            kind = classify(code, http)
+            description = _description(body, code)
+            message = f"BSG {self.name}: {what} failed: {description} ({code})"
+        elif not 200 <= http < 300:
+            kind = classify(None, http)
+            description = f"HTTP {http}"
+            if http == 404:
+                description += " (unknown route: check bsg.url)"
+            said = body.get("errorDescription") or body.get("error") if body is not None else None
+            if said:
+                description += f": {said}"
+            message = f"BSG {self.name}: {what} failed: {description}"
+            code = 0
+        else:
+            # 2xx, but not the JSON expected (HTML from a proxy, an error that is no
+            # number): a read may simply be repeated, a send may have been taken (its
+            # reference turns the repeat into 23 → look-up), so RETRY
+            kind = Kind.RETRY
+            said = body.get("errorDescription") or body.get("error") if body is not None else None
+            description = f"unexpected answer: {said}" if said else "the answer is not JSON"
+            message = f"BSG {self.name}: {what}: {description}: {answer.text[:120]!r}"
+            code = 0
+        if kind is Kind.OPERATOR:
+            self._operator_alert(code, description)
+        secret = self._key.reveal() if self._key else ""
+        if secret:
+            message = message.replace(secret, "****")
+            description = description.replace(secret, "****")
+        return BsgError(message, code=code, description=description, kind=kind,
+                        http_status=http, retry_after=answer.retry_after)
+
+    # ----------------------------------------------------------------- sends
+
+    async def send_sms(self, items: Sequence[SmsItem], *,
+                       validity_hours: int | None = None) -> list[SendResult]:
+        """Send SMS; one SendResult per item, in order. Requests hold ≤ 50 phones, none
+        twice; one item → "phone", one body and originator → "phones", else
+        "individual". Raises BsgUnavailable (with .results) when BSG is unreachable."""
+        if validity_hours is not None and not 1 <= validity_hours <= 72:
+            raise ValueError("SMS validity_hours must be 1-72")
+        items = list(items)
+        requests: list[tuple[list[int], dict[str, Any]]] = []
+        for chunk in _chunks(items, lambda it: _msisdn(it.msisdn)):
+            requests.extend(self._sms_requests([items[i] for i in chunk], chunk, validity_hours))
+        return await self._send_all("/sms/create", items, requests)
+
+    def _sms_requests(self, group: list[SmsItem], indexes: list[int],
+                      validity: int | None) -> list[tuple[list[int], dict[str, Any]]]:
+        extra: dict[str, Any] = {} if validity is None else {"validity": validity}
+        if len(group) == 1:
+            it = group[0]
+            return [(indexes, {"destination": "phone", "msisdn": _msisdn(it.msisdn),
+                               "originator": it.originator, "body": it.body,
+                               "reference": it.reference, **extra})]
+        if len({(it.body, it.originator) for it in group}) == 1:
+            return [(indexes, {"destination": "phones",
+                               "phones": [{"msisdn": _msisdn(it.msisdn), "reference": it.reference}
+                                          for it in group],
+                               "originator": group[0].originator, "body": group[0].body,
+                               **extra})]
+        return [(indexes, {"destination": "individual",
+                           "phones": [{"msisdn": _msisdn(it.msisdn), "body": it.body,
+                                       "originator": it.originator, "reference": it.reference}
+                                      for it in group],
+                           **extra})]
+
+    async def send_viber(self, items: Sequence[ViberItem], *,
+                         validity_seconds: int | None = None) -> list[SendResult]:
+        """Send Viber messages; one SendResult per item, in order. Items with the same
+        text, alpha_name, fallback and promotional flag share one `messages[]` entry;
+        requests hold ≤ 50 phones, none twice. Raises BsgUnavailable (with .results)
+        when BSG is unreachable."""
+        if validity_seconds is not None and not 15 <= validity_seconds <= 86400:
+            raise ValueError("Viber validity_seconds must be 15-86400")
+        items = list(items)
+        for it in items:
+            if it.alt_sms_text is not None and not it.alt_sms_originator:
+                raise ValueError(f"Viber item {it.reference!r}: alt_sms_text needs alt_sms_originator")
+        requests = []
+        for chunk in _chunks(items, lambda it: _msisdn(it.msisdn)):
+            requests.append((chunk, self._viber_request([items[i] for i in chunk], validity_seconds)))
+        return await self._send_all("/viber/create", items, requests)
+
+    @staticmethod
+    def _viber_request(group: list[ViberItem], validity: int | None) -> dict[str, Any]:
+        messages: dict[tuple, dict[str, Any]] = {}
+        for it in group:
+            alt = ((it.alt_sms_originator, it.alt_sms_text if it.alt_sms_text is not None else it.text)
+                   if it.alt_sms_originator else None)
+            key = (it.text, it.alpha_name, alt, bool(it.is_promotional))
+            message = messages.get(key)
+            if message is None:
+                message = {"to": [], "text": it.text, "alpha_name": it.alpha_name,
+                           "is_promotional": bool(it.is_promotional)}
+                if alt:
+                    message["options"] = {"viber": {"alt_route": {"originator": alt[0],
+                                                                  "text": alt[1]}}}
+                messages[key] = message
+            message["to"].append({"msisdn": _msisdn(it.msisdn), "reference": it.reference})
+        payload: dict[str, Any] = {"messages": list(messages.values())}
+        if validity is not None:
+            payload["validity"] = validity
+        return payload
+
+    async def _send_all(self, path: str, items: list[Any],
+                        requests: list[tuple[list[int], dict[str, Any]]]) -> list[SendResult]:
+        results: list[SendResult | None] = [None] * len(items)
+        for n, (indexes, payload) in enumerate(requests):
+            try:
+                answer = await self._exchange("POST", path, payload)
+            except BsgUnavailable as exc:
+                for k, (rest, _) in enumerate(requests[n:]):   # this request and the ones not made
+                    for i in rest:
+                        results[i] = SendResult(items[i].reference, Kind.RETRY, description=str(exc),
+                                                unavailable=True, uncertain=k == 0 and exc.reached)
+                raise BsgUnavailable(str(exc), results=results, reached=exc.reached) from exc.__cause__
+            for i, r in zip(indexes, self._results(answer, [items[i].reference for i in indexes])):
+                results[i] = r
+        return results  # type: ignore[return-value]  # every slot is filled
+
+    def _results(self, answer: _Answer, references: list[str]) -> list[SendResult]:
+        """One SendResult per reference (in that order) from one answer."""
+        http = answer.status_code
+        body = answer.body
+
+        def everyone(kind: Kind, code: int, description: str, uncertain: bool = False) -> list[SendResult]:
+            return [SendResult(ref, kind, code=code, description=description, http_status=http,
+                               uncertain=uncertain) for ref in references]
+
+        if 200 <= http < 300 and not isinstance(body, dict):
+            # BSG may have taken it: RETRY is safe (the reference makes it 23 → look-up)
+            log.warning("BSG %s: the answer to a send is not a JSON object: %r",
+                        self.name, answer.text[:120])
+            return everyone(Kind.RETRY, 0, "BSG's answer is not JSON", uncertain=True)
+        if not 200 <= http < 300:
+            err = self._failure(answer, "send")
+            log.warning("%s", err)
+            return everyone(err.kind, err.code, err.description, uncertain=http >= 500)
+
+        # the entries that describe single items; what is left is a top-level error
+        raw = body.get("result")
+        if isinstance(raw, list):
+            entries = [e for e in raw if isinstance(e, dict)]
+        elif isinstance(raw, dict):
+            whole = len(references) > 1 and _code(raw) and _text(raw.get("reference")) is None
+            entries = [] if whole else [raw]
+        elif len(references) == 1:
+            entries = [body]          # the flat single-SMS shape (an error in it is the item's)
+        else:
+            entries = []
+
+        out: list[SendResult | None] = [None] * len(references)
+        free: dict[str, list[int]] = {}
+        for i, ref in enumerate(references):
+            free.setdefault(ref, []).append(i)
+        by_order: list[tuple[int, dict]] = []
+        for pos, e in enumerate(entries):
+            ref = _text(e.get("reference"))
+            if ref is None:
+                by_order.append((pos, e))
+            elif free.get(ref):
+                i = free[ref].pop(0)
+                out[i] = self._item_result(references[i], e, http)
+            else:
+                log.warning("BSG %s: a result for a reference not sent: %r", self.name, ref)
+        for pos, e in by_order:       # BSG left out the reference: match by order
+            i = pos if pos < len(out) and out[pos] is None else next(
+                (j for j, r in enumerate(out) if r is None), None)
+            if i is None:
+                log.warning("BSG %s: an extra result entry: %r", self.name, redact(e))
+                continue
+            out[i] = self._item_result(references[i], e, http)
+
+        for code, description in {r.code: r.description for r in out
+                                  if r is not None and r.kind is Kind.OPERATOR}.items():
+            self._operator_alert(code, description)
+
+        missing = [i for i, r in enumerate(out) if r is None]
+        if missing:
+            top = _code(body) or (_code(raw) if isinstance(raw, dict) else None)
+            if top:
+                err = self._failure(answer, "send")
+                log.warning("%s", err)
+                for i in missing:
+                    out[i] = SendResult(references[i], err.kind, code=err.code,
+                                        description=err.description, http_status=http)
+            else:
+                log.warning("BSG %s: no result for %d of %d references; they will be retried",
+                            self.name, len(missing), len(references))
+                for i in missing:
+                    out[i] = SendResult(references[i], Kind.RETRY,
+                                        description="BSG's answer has no result for this reference",
+                                        http_status=http, uncertain=True)
+        return out  # type: ignore[return-value]  # every slot is filled
+
+    @staticmethod
+    def _item_result(reference: str, entry: Mapping[str, Any], http: int) -> SendResult:
+        code = _code(entry) or 0
+        kind = classify(code)
+        return SendResult(
+            reference=reference, kind=kind, id=_text(entry.get("id")),
+            price=_money(entry.get("price")), currency=_text(entry.get("currency")),
+            code=code, description=_description(entry, code) if code else "",
+            http_status=http,
+        )
+
+    # ----------------------------------------------------------------- reads
+
+    # BSG has no look-up of many references in one request: GET /sms/task/{task_id} reads
+    # a bulk send's task, whose id only comes back in the answer — and an unknown outcome
+    # is exactly a send whose answer never came. So references are looked up one by one,
+    # concurrently, under the look-up budget.
+
+    async def sms_status(self, reference: str, *, lookup: bool = False) -> Status | None:
+        """The status of the SMS sent with this reference; None when BSG has none (20).
+        `lookup=True`: paced by the look-up budget instead of the send rate cap."""
+        return await self._status(f"/sms/reference/{quote(reference, safe='')}", "SMS status", lookup)
+
+    async def viber_status(self, reference: str, *, lookup: bool = False) -> Status | None:
+        """The status of the Viber message with this reference, with its SMS fallback in
+        `alt_route`; None when BSG has none (40). `lookup=True` as for sms_status."""
+        return await self._status(f"/viber/reference/{quote(reference, safe='')}", "Viber status", lookup)
+
+    async def _status(self, path: str, what: str, lookup: bool = False) -> Status | None:
+        answer = await self._exchange("GET", path, lookup=lookup)
+        body = answer.body
+        if isinstance(body, dict):
+            inner = body.get("result") if isinstance(body.get("result"), dict) else body
+            code = _code(body) or _code(inner) or 0
+            if code in _NOT_FOUND_CODES:
+                return None
+            if code == 0 and 200 <= answer.status_code < 300:
+                return parse_status(body)
+        raise self._failure(answer, what)
+
+    async def balance(self) -> Balance:
+        """The account balance (the amount may be negative: credit)."""
+        answer = await self._exchange("GET", "/common/balance")
+        body = answer.body
+        if isinstance(body, dict) and 200 <= answer.status_code < 300:
+            data = body["result"] if isinstance(body.get("result"), dict) else body
+            code = _code(body) or _code(data) or 0
+            if code == 0:
+                amount = _money(data.get("amount"))
+                if amount is not None:
+                    return Balance(amount=amount, currency=str(data.get("currency") or ""),
+                                   limit=_money(data.get("limit")))
+                raise BsgError(f"BSG {self.name}: the balance answer has no amount",
+                               description="no amount", kind=Kind.FATAL,
+                               http_status=answer.status_code)
+        raise self._failure(answer, "balance")
+
+    async def incoming(self, start: str, end: str) -> list[dict]:
+        """Incoming 2-way SMS received between `start` and `end` ("YYYY-MM-DD HH:MM:SS"):
+        BSG's items ({id, msisdn, sender, body, time}) as they come."""
+        from urllib.parse import urlencode
+        answer = await self._exchange("GET", "/sms/2wayIncoming?" + urlencode({"start_date": start,
+                                                                               "end_date": end}))
+        body = answer.body
+        if isinstance(body, dict) and 200 <= answer.status_code < 300 and not (_code(body) or 0):
+            items = body.get("result", [])
+            return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+        raise self._failure(answer, "incoming SMS")
+
+
+def _concurrency(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("lookup_concurrency must be a whole number of at least 1")
+    return value
+
+
+def budgets(cfg: Any) -> dict[str, Any]:
+    """The BsgClient keyword arguments for a BsgConfig's rate and look-up budget."""
+    return {"rate": cfg.rate, "lookup_rate": cfg.lookup_rate, "lookup_concurrency": cfg.lookup_concurrency}
+
+
+def clients_from_config(cfg: Any, **kw: Any) -> list[BsgClient]:
+    """The main client of a BsgConfig, then one per backup endpoint ("backup1", …);
+    a backup without its own key uses the main key."""
+    clients = [BsgClient(cfg.url, cfg.api_key, name="main", **budgets(cfg), **kw)]
+    for n, b in enumerate(cfg.backup, 1):
+        clients.append(BsgClient(b.url, b.api_key if b.api_key is not None else cfg.api_key,
+                                 name=f"backup{n}", **budgets(cfg), **kw))
+    return clients

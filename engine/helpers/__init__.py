@@ -1,0 +1,1 @@
+"""Small pure helpers: phone numbers, SMS segments, transliteration, sending windows, input bounds."""

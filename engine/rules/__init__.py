@@ -1,0 +1,1 @@
+"""The rule runtime: loading, matching, evaluating, templates, vocabulary, simulation and rule tests."""

@@ -1,0 +1,41 @@
+"""When a schedule trigger fires next, in a site's time zone."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+
+from croniter import croniter
+
+from herald.grammar.model import ScheduleTrigger
+
+
+def next_fire(trigger: ScheduleTrigger, after: datetime) -> datetime:
+    """The first firing strictly after `after`, an aware datetime in the site's zone.
+
+    `every 15m` is aligned to the wall clock (:00, :15, :30 …) so that every site and
+    every restart agree on the slots; `every day at` and cron follow local time, DST
+    included.
+    """
+    if after.tzinfo is None:
+        raise ValueError("next_fire needs an aware datetime")
+    tz = after.tzinfo
+    if trigger.kind == "interval":
+        step = int(trigger.interval.total_seconds())
+        local_midnight = datetime.combine(after.date(), time(0), tz)
+        # count in absolute seconds from local midnight so DST days stay aligned
+        elapsed = int((after - local_midnight).total_seconds())
+        return local_midnight + timedelta(seconds=(elapsed // step + 1) * step)
+    if trigger.kind == "daily":
+        candidates = []
+        for day in (after.date(), after.date() + timedelta(days=1)):
+            for hhmm in trigger.times:
+                hour, minute = map(int, hhmm.split(":"))
+                at = datetime.combine(day, time(hour, minute), tz)
+                if at > after:
+                    candidates.append(at)
+        return min(candidates)
+    return croniter(trigger.cron, after).get_next(datetime)
+
+
+def is_valid_cron(expression: str) -> bool:
+    return croniter.is_valid(expression)
