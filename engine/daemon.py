@@ -28,6 +28,7 @@ from herald.engine.errors import EventError, HeraldError, LoadError
 from herald.engine.rules.evaluate import Delayed, Evaluator, PlannedMessage, RuleRun
 from herald.engine.events import Event, parse_event
 from herald.engine.rules.loader import Project, load_project
+from herald.engine.runtime import Clock, Pulse, VirtualClock  # noqa: F401  (VirtualClock: the daemon's public clocks)
 from herald.engine.store import Store
 from herald.grammar.model import Rule
 
@@ -38,45 +39,6 @@ EVENT_BATCH = 200
 
 class StartupError(HeraldError):
     """The daemon cannot start: one clear line for the operator."""
-
-
-class Pulse:
-    """A wake-up call between tasks: `set()` from anywhere, `wait(timeout)` in one task."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self, timeout: float) -> None:
-        with trio.move_on_after(max(timeout, 0)):
-            await self._event.wait()
-        self._event = trio.Event()
-
-
-class Clock:
-    """Wall time for the daemon; tests swap in a virtual one driven by trio's clock."""
-
-    def now(self) -> datetime:
-        return datetime.now(timezone.utc)
-
-
-class VirtualClock(Clock):
-    """Starts at `start` and advances with trio's (mock) clock. The first `now()` must be
-    called in the trio thread; it keeps the run's clock, so later calls work from the
-    database thread too (where the daemon reads the time inside its transactions)."""
-
-    def __init__(self, start: datetime):
-        self.start = start
-        self._clock: trio.abc.Clock | None = None
-        self._t0 = 0.0
-
-    def now(self) -> datetime:
-        if self._clock is None:
-            self._clock = trio.lowlevel.current_clock()
-            self._t0 = self._clock.current_time()
-        return self.start + timedelta(seconds=self._clock.current_time() - self._t0)
 
 
 def rule_version(rule: Rule) -> str:

@@ -13,7 +13,8 @@ import httpx
 import trio
 
 from herald.engine.config import load_config
-from herald.engine.daemon import Clock, Daemon
+from herald.engine.daemon import Daemon
+from herald.engine.runtime import Clock
 from tests.daemon_helpers import ROOT, fake_bsg, free_port
 
 

@@ -20,7 +20,8 @@ import trio
 from aiosmtpd.controller import Controller
 
 from herald.engine.config import load_config
-from herald.engine.daemon import Daemon, VirtualClock
+from herald.engine.daemon import Daemon
+from herald.engine.runtime import VirtualClock
 from herald.engine.bsg.fake import FakeBSG
 from herald.engine.bsg.fake import create_app as create_bsg_app
 from herald.engine.api.routes import create_app as create_api

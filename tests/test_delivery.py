@@ -17,7 +17,8 @@ import trio
 from aiosmtpd.controller import Controller
 
 from herald.engine.config import load_config
-from herald.engine.daemon import Clock, Daemon
+from herald.engine.daemon import Daemon
+from herald.engine.runtime import Clock
 from herald.engine.bsg.fake import FakeBSG, serve
 from tests.daemon_helpers import free_port
 

@@ -21,7 +21,8 @@ import trio
 import trio.testing
 
 from herald.engine.config import load_config
-from herald.engine.daemon import Clock, Daemon
+from herald.engine.daemon import Daemon
+from herald.engine.runtime import Clock
 from herald.engine.bsg.fake import FakeBSG, create_app
 from tests.daemon_helpers import free_port
 

@@ -458,7 +458,7 @@ class Feeder:
     """Moves due recipients of running campaigns into the outbox, at each campaign's rate."""
 
     def __init__(self, daemon):
-        from herald.engine.daemon import Pulse
+        from herald.engine.runtime import Pulse
         self.daemon = daemon
         self.wake = Pulse()
         daemon.campaigns_wake = self.wake

@@ -92,7 +92,7 @@ class Dispatcher:
         self._site_clients: dict[tuple[str, str], BsgClient] = {}
         self._main_keyed: dict[str, object] = {}      # endpoint name → transport, if it uses bsg.api_key
         self._stack: AsyncExitStack | None = None
-        from herald.engine.daemon import Pulse
+        from herald.engine.runtime import Pulse
         self.poll_wake = Pulse()
 
     @property
