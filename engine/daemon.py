@@ -28,6 +28,7 @@ from herald.engine.errors import EventError, HeraldError, LoadError
 from herald.engine.rules.evaluate import Delayed, Evaluator, PlannedMessage, RuleRun
 from herald.engine.events import Event, parse_event
 from herald.engine.rules.loader import Project, load_project
+from herald.engine.delivery.outbox import enqueue
 from herald.engine.runtime import Clock, Pulse, VirtualClock  # noqa: F401  (VirtualClock: the daemon's public clocks)
 from herald.engine.store import Store
 from herald.grammar.model import Rule
@@ -43,9 +44,6 @@ class StartupError(HeraldError):
 
 def rule_version(rule: Rule) -> str:
     return hashlib.sha1(rule.canonical().encode()).hexdigest()[:12]
-
-
-_OUTBOX_STATE = {"planned": "queued", "deferred": "deferred"}
 
 
 @dataclass
@@ -232,22 +230,7 @@ class Daemon:
             apply_rule_actions(store, run.subscriptions, event.site, now)
 
     def _enqueue(self, m: PlannedMessage, site: str, firing_id: int | None, kind: str = "rule") -> int:
-        state = _OUTBOX_STATE.get(m.status, m.status)
-        message_id, _ = self.store.add_message(
-            site=site, channel=m.channel, to_phone=m.to, state=state, send_at=m.send_at, kind=kind,
-            event_id=m.event_id or None, rule_id=m.rule_id or None, firing_id=firing_id, recipient=m.recipient,
-            copy=m.copy, sender=m.sender, text=m.text, sms_sender=m.sms_sender, sms_text=m.sms_text,
-            encoding=m.encoding, parts=m.parts, template=m.template, reason=m.reason, stale_at=m.stale_at,
-            **self._omni_options(m.channel, site, m.fallback_after))
-        return message_id
-
-    def _omni_options(self, channel: str, site_id: str, fallback_after: float | None) -> dict:
-        """How an omni message falls back, fixed when it is written (a reload that changes
-        the site's `omni` does not change messages already queued)."""
-        if channel != "omni":
-            return {}
-        site = self.config.sites.get(site_id) or next(iter(self.config.sites.values()))
-        return {"omni": site.omni, "fallback_after": fallback_after or site.omni_deadline}
+        return enqueue(self.store, self.config.sites, m, site, firing_id, kind)
 
     # ---- timers (`after`) ----
     async def _timers(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
