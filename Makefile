@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check fuzz bench bench-e2e bench-sql bench-campaign bench-recovery clean
+.PHONY: run test check package-check fuzz bench bench-e2e bench-sql bench-campaign bench-recovery clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 
 check: $(STAMP)
 	$(BIN)/herald check -c herald.yaml --strict
+
+# pip install of the distribution (herald-bsg) into a clean venv, with an example connector package
+package-check:
+	bash .ci/package-check
 
 # The hypothesis fuzz suites on a long budget: make fuzz EXAMPLES=100000 [SEED=N]
 EXAMPLES ?= 10000

@@ -18,7 +18,13 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import trio
 
-from herald.engine.config import ConnectorConfig
+from herald.engine.config import ConnectorConfig, Secret, reveal
+from herald.engine.errors import ConfigError, Diagnostic, EventError, Location
+
+# What a connector needs from Herald, importable from this one module (a third-party
+# connector imports only `herald.connectors.base`; docs/connectors/writing.md).
+__all__ = ["ConfigError", "Connector", "ConnectorConfig", "ConnectorContext", "Diagnostic", "EventError",
+           "Location", "Secret", "reveal"]
 
 
 class ConnectorContext(Protocol):
