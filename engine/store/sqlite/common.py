@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from herald.engine.store.states import MessageState
+from herald.engine.store.states import WAITING_STATES, MessageState
 
 _LAST_EPOCH = 253402300799.0        # 9999-12-31T23:59:59Z, the last moment a datetime holds
 
@@ -75,4 +75,4 @@ FINAL_SQL = states_sql(*FINAL)
 # Not yet handed to BSG: what a campaign's pause, end or an opt-out may take back.
 UNSENT_SQL = states_sql(MessageState.QUEUED, MessageState.DEFERRED, MessageState.HELD)
 # Claimable by the dispatcher when due.
-WAITING_SQL = states_sql(MessageState.QUEUED, MessageState.DEFERRED)
+WAITING_SQL = states_sql(*WAITING_STATES)
