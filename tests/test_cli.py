@@ -1,6 +1,7 @@
 """The `herald` command as a user runs it: exit codes and what it prints."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -154,6 +155,11 @@ def test_store_reading_commands_need_no_daemon_secrets(project_dir):
     assert (code, err) == (0, "") and "order.updated (e-0)" in out
     code, out, err = herald("trace", "1", cwd=project_dir.root)
     assert (code, err) == (0, "") and "message 1" in out
+    code, out, err = herald("store", cwd=project_dir.root)
+    assert (code, err) == (0, "") and "migrations, the last 00" in out
+    assert re.search(r"^events\s+1$", out, re.M) and re.search(r"^outbox\s+1$", out, re.M)
+    code, out, err = herald("store", "--json", cwd=project_dir.root)
+    assert json.loads(out)["tables"]["outbox"]["rows"] == 1
     # the daemon's own commands still insist on them
     code, _, err = herald("check", cwd=project_dir.root)
     assert code == 1 and "B24_TOKEN_FOR_TEST is not set" in err

@@ -1,12 +1,14 @@
 """The store: journal, outbox claims, references, migrations — on a real SQLite file."""
 
+import inspect
 import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from herald.engine.events import Event
-from herald.engine.store import MIGRATIONS, Store
+from herald.engine.store import MIGRATIONS, CampaignRow, MessageState, PollItem, Store
+from herald.engine.store.interface import AGGREGATES, StoreBackend
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
 
@@ -82,3 +84,48 @@ def test_stats_and_message_json(store):
     assert (message["id"], message["state"], message["error_code"]) == (mid, "failed", 21)
     assert message["final_at"] is not None
     assert store.stats()["messages"] == {"failed": 1}
+
+
+def test_the_sqlite_store_implements_every_aggregate_interface(store):
+    """Store is the facade callers use; interface.py is what a second backend implements:
+    the same method names with the same signatures."""
+    assert isinstance(store, StoreBackend)
+    for aggregate in AGGREGATES:
+        for name, declared in vars(aggregate).items():
+            if callable(declared) and not name.startswith("_") and name != "transaction":
+                assert inspect.signature(getattr(Store, name)) == inspect.signature(declared), name
+
+
+CAMPAIGN = dict(origin="cli", site="s1", channel="sms", source="{}", start_at=0, end_at=1, rate=1.0,
+                state="active")
+
+
+def test_a_campaign_and_its_recipients_are_written_together_or_not_at_all(store):
+    def recipients(fail_at=None):
+        for i in range(1, 1001):
+            if i == fail_at:
+                raise ValueError("the source broke off")
+            yield f"+7900{i:07d}", None, None
+
+    with pytest.raises(ValueError):
+        store.create_campaign({**CAMPAIGN, "name": "broken"}, recipients(fail_at=700), chunk=100)
+    assert store.campaign("broken") is None
+    assert store._execute("SELECT COUNT(*) FROM campaign_recipients").fetchone()[0] == 0
+
+    cid = store.create_campaign({**CAMPAIGN, "name": "whole"}, recipients(), chunk=100)
+    row = store.campaign(cid)
+    assert isinstance(row, CampaignRow) and row.total == row["total"] == 1000
+    assert row.get("name") == "whole" and row.get("nope") is None and dict(row)["state"] == "active"
+    assert [r["seq"] for r in store.due_recipients(cid, 0, 3)] == [1, 2, 3]
+    assert store.info()["tables"]["campaign_recipients"]["rows"] == 1000
+
+
+def test_due_polls_are_typed_dicts_of_sent_messages(store):
+    mid, ref = store.add_message(site="s1", channel="sms", to_phone="+79001234567", state=MessageState.QUEUED,
+                                 send_at=T0)
+    assert store.due_polls(T0) == []
+    store.update_message(mid, state=MessageState.SENT, sent_at=T0)
+    [item] = store.due_polls(T0 + timedelta(seconds=1))
+    assert isinstance(item, dict) and item["id"] == mid and item["reference"] == ref
+    assert set(item) == set(PollItem.__annotations__)
+    assert store.message(mid)["state"] == "sent"

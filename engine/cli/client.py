@@ -203,6 +203,18 @@ def _cell(value, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def cmd_store(args) -> int:
+    """Read-only, daemon up or down: the store's migrations and each table's row count."""
+    info = _store(args).info()
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False, indent=2))
+        return 0
+    print(f"store {info['path']}: {len(info['migrations'])} migrations, the last {info['migrations'][-1]}")
+    width = max(len(name) for name in info["tables"])
+    print("\n".join(f"{name.ljust(width)}  {table['rows']:>10}" for name, table in info["tables"].items()))
+    return 0
+
+
 def cmd_timeline(args) -> int:
     """Read from the store: works while the daemon is down too."""
     from herald.engine.store.timeline import UnknownEntity, build_timeline, format_timeline, parse_target

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="message id or BSG reference")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("store", help="what the store file holds: migrations, tables and their row counts")
+    _add_config(p)
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("retry", help="replay failed (or expired) messages through the running daemon")
     _add_config(p)
     p.add_argument("--status", default="failed", choices=("failed", "expired"))
@@ -161,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from herald.engine.cli import client as cc
     handler = {"check": cmd_check, "simulate": cmd_simulate, "test": cmd_test, "run": cmd_run,
                "emit": cc.cmd_emit, "reload": cc.cmd_reload, "send": cc.cmd_send, "history": cc.cmd_history,
-               "trace": cc.cmd_trace, "timeline": cc.cmd_timeline, "balance": cc.cmd_balance, "retry": cc.cmd_retry,
+               "trace": cc.cmd_trace, "store": cc.cmd_store, "timeline": cc.cmd_timeline, "balance": cc.cmd_balance, "retry": cc.cmd_retry,
                "campaign": cc.cmd_campaign, "unsubscribe": cc.cmd_unsubscribe}[args.command]
     try:
         return handler(args)

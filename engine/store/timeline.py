@@ -14,6 +14,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from herald.engine.errors import HeraldError
+from herald.engine.store.interface import StoreBackend
+from herald.engine.store.states import MessageState
 
 _TARGET = re.compile(r"^(?P<type>[A-Za-z_][A-Za-z0-9_]*):(?P<id>[^@\s]+)(?:@(?P<site>\S+))?$")
 
@@ -38,7 +40,7 @@ def entity_key(entity_type: str, entity_id: str, site: str) -> str:
     return f"{entity_type}:{entity_id}@{site}"
 
 
-def resolve_id(store, entity_type: str, given: str, site: str) -> tuple[str, str | None]:
+def resolve_id(store: StoreBackend, entity_type: str, given: str, site: str) -> tuple[str, str | None]:
     """(internal id, the public number given) for what a person typed: the entity's id
     when Herald knows that id, else the id of the entity whose `number` it is (an order's
     A-42 — what shop staff and Bitrix's ORDER_ID use), else `given` unchanged."""
@@ -49,7 +51,7 @@ def resolve_id(store, entity_type: str, given: str, site: str) -> tuple[str, str
     return (found, given) if found is not None and found != given else (given, None)
 
 
-def build_timeline(store, entity_type: str, entity_id: str, site: str) -> dict[str, Any]:
+def build_timeline(store: StoreBackend, entity_type: str, entity_id: str, site: str) -> dict[str, Any]:
     """The entity, its latest known state and its entries in time order. `entity_id`
     may be the entity's number (see resolve_id). Raises UnknownEntity when the store
     knows nothing about it."""
@@ -105,7 +107,7 @@ def _message_entries(store, m: dict, firing: dict | None) -> list[dict]:
     attempts = store.attempts_of(m["id"])
     deferred = m["send_at"] and m["created_at"] and \
         _moment(m["send_at"]) - _moment(m["created_at"]) > timedelta(seconds=1)
-    if deferred and m["state"] not in ("failed", "skipped", "expired"):
+    if deferred and m["state"] not in (MessageState.FAILED, MessageState.SKIPPED, MessageState.EXPIRED):
         cause = _deferral_cause(m, firing, attempts)
         out.append({"at": m["created_at"], "kind": "deferral", "message": m["id"], "until": m["send_at"],
                     "cause": cause,
@@ -128,7 +130,7 @@ def _deferral_cause(m: dict, firing: dict | None, attempts: list[dict]) -> str:
     that planned it (the firing's trace keeps each planned message's status and reason).
     "" when nothing recorded says why."""
     recorded = [a["detail"] for a in attempts if a["what"] == "defer" and a["detail"]]
-    if not recorded and m["state"] == "deferred" and m["reason"]:
+    if not recorded and m["state"] == MessageState.DEFERRED and m["reason"]:
         recorded = [m["reason"]]
     if not recorded and firing is not None:
         recorded = [p.get("reason") or "" for p in (firing.get("trace") or {}).get("messages", [])
