@@ -25,6 +25,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from herald.engine.errors import Diagnostic, Location, did_you_mean
 from herald.engine.helpers.windows import parse_window
+from herald.grammar.schedule import is_valid_cron
 from herald.grammar.model import (
     And, ChangeTrigger, Compare, Contains, EventTrigger, In, IsSet, Literal, Matches, Not,
     OncePer, Or, PathRef, Recipient, Rule, ScheduleTrigger, Send, StateTrigger, Subscribe,
@@ -324,7 +325,6 @@ class RuleBuilder(Transformer):
 
     def cron(self, items: list):
         (token,) = items
-        from herald.engine.rules.schedule import is_valid_cron
         expression = _unquote(token).strip()
         if not is_valid_cron(expression):
             return self._error(f'"{expression}" is not a valid cron expression', token,

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from starlette.requests import Request
 from starlette.routing import Route
 
-from herald.engine.api.client_address import of_request
+from herald.engine.helpers.client_address import of_request
 
 CAMPAIGN_MAX_BODY = 256 * 1024 * 1024    # POST /campaigns: a CSV of a few million rows
 
