@@ -27,17 +27,18 @@ from herald.engine.api.routes import serve_api
 from herald.engine.audience.campaigns import Feeder
 from herald.engine.audience.directory import open_directory
 from herald.engine.audience.incoming import poll_incoming
-from herald.engine.audience.subscriptions import Refusals, apply_rule_actions
+from herald.engine.audience.subscriptions import Refusals, SubscribedDirectory, apply_rule_actions
 from herald.engine.audience.subscriptions import health as subscriptions_health
 from herald.engine.config import Config, load_config
 from herald.engine.delivery.alerts import Alerter
 from herald.engine.delivery.dispatcher import Dispatcher
+from herald.engine.delivery.outbox import enqueue
 from herald.engine.errors import EventError, HeraldError, LoadError
 from herald.engine.events import Event, parse_event
 from herald.engine.intake import ConnectorStatus, Context
 from herald.engine.logs import setup_logging
 from herald.engine.redaction import secret_values
-from herald.engine.rules.evaluate import Delayed, RuleRun
+from herald.engine.rules.evaluate import Delayed, Evaluator, PlannedMessage, RuleRun
 from herald.engine.rules.loader import Project, load_project
 from herald.engine.runtime import Clock, Pulse, VirtualClock  # noqa: F401  (VirtualClock: the daemon's public clocks)
 from herald.engine.services import Loaded, Services, Wakes
@@ -97,7 +98,8 @@ class Daemon:
 
     def _services(self) -> Services:
         return Services(store=self.store, db=self.db, clock=self.clock, wakes=self.wakes, stopping=self.stopping,
-                        loaded=self.loaded, accept=self.accept, parse_events=self.parse_events,
+                        loaded=self.loaded, accept=self.accept, enqueue=self._enqueue, evaluator=self._evaluator,
+                        parse_events=self.parse_events,
                         reload=self.reload, health=self.health, sending=lambda: self.dispatcher,
                         alerter=self.alerter, refusals=self.subscription_refusals)
 
@@ -196,6 +198,12 @@ class Daemon:
                 continue
             await self.events_wake.wait(1.0)
 
+    def _evaluator(self) -> Evaluator:
+        return Evaluator(self.project, state=self.store, directory=SubscribedDirectory(self.directory, self.store))
+
+    def _enqueue(self, m: PlannedMessage, site: str, firing_id: int | None = None, kind: str = "rule") -> int:
+        return enqueue(self.store, self.config.sites, m, site, firing_id, kind)
+
     def _process_batch(self) -> int:
         """Process pending journal events: firings, messages, timers and entity state are
         committed with the events' `done` mark, or not at all."""
@@ -203,7 +211,7 @@ class Daemon:
         events = store.pending_events(EVENT_BATCH)
         if not events:
             return 0
-        evaluator = self.services.evaluator()
+        evaluator = self._evaluator()
         now = self.clock.now()
         with store.transaction():
             for event in events:
@@ -231,7 +239,7 @@ class Daemon:
         version = self.versions.get(run.rule.id) or rule_version(run.rule)
         firing_id = store.add_firing(event.id, run.rule.id, version, run.fired, run.reason, trace, now)
         for m in run.messages:
-            self.services.enqueue(m, event.site, firing_id)
+            self._enqueue(m, event.site, firing_id)
         if run.subscriptions:               # `subscribe` / `unsubscribe` actions, in the same transaction
             apply_rule_actions(store, run.subscriptions, event.site, now)
 
@@ -253,7 +261,7 @@ class Daemon:
         timers = store.due_timers(now)
         if not timers:
             return 0
-        evaluator = self.services.evaluator()
+        evaluator = self._evaluator()
         with store.transaction():
             for timer in timers:
                 event = store.event(timer["event_id"])

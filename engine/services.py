@@ -6,27 +6,34 @@ it owns: the store and its worker thread, the clock, the wake-ups, what a reload
 (config, rules, directory). A component reads through this object and never through
 the daemon, so what it may touch is written here, and the daemon does not import it
 back. What a reload swaps is read through `loaded()` at each use, never kept.
+
+This module names the engine's types for its annotations only (under TYPE_CHECKING):
+at run time it needs nothing but the wake-ups, so every component may import it without
+an import cycle (the import-linter contracts in pyproject.toml check type-only imports
+apart).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
-import trio
+from herald.engine.runtime import Pulse
 
-from herald.engine.audience.directory import Directory
-from herald.engine.audience.subscriptions import Refusals, SubscribedDirectory
-from herald.engine.bsg.client import BsgClient
-from herald.engine.config import Config
-from herald.engine.delivery.alerts import Alerter
-from herald.engine.delivery.endpoints import Endpoint, Router
-from herald.engine.delivery.outbox import enqueue
-from herald.engine.events import Event
-from herald.engine.rules.evaluate import Evaluator, PlannedMessage
-from herald.engine.rules.loader import Project
-from herald.engine.runtime import Clock, Pulse
-from herald.engine.store import Store
+if TYPE_CHECKING:
+    import trio
+
+    from herald.engine.audience.directory import Directory
+    from herald.engine.audience.subscriptions import Refusals
+    from herald.engine.bsg.client import BsgClient
+    from herald.engine.config import Config
+    from herald.engine.delivery.alerts import Alerter
+    from herald.engine.delivery.endpoints import Endpoint, Router
+    from herald.engine.events import Event
+    from herald.engine.rules.evaluate import Evaluator, PlannedMessage
+    from herald.engine.rules.loader import Project
+    from herald.engine.runtime import Clock
+    from herald.engine.store import Store
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,14 @@ class Sending(Protocol):
     def apply_receipts(self, bodies: Sequence[dict], endpoint: str | None = None) -> tuple[dict, bool]: ...
 
 
+class Enqueue(Protocol):
+    """Write a planned message into the outbox, inside the caller's transaction (in the
+    database thread); its id. The dispatcher hears of it through `wakes.dispatch`."""
+
+    def __call__(self, m: PlannedMessage, site: str, firing_id: int | None = None, kind: str = "rule") -> int:
+        ...
+
+
 class Accept(Protocol):
     """Journal events (committed before it returns) and wake the processor:
     [(event id, new?)] in order."""
@@ -82,6 +97,8 @@ class Services:
     stopping: trio.Event                   # set when shutdown begins: intake answers 503
     loaded: Callable[[], Loaded]           # config, rules and directory in force
     accept: Accept
+    enqueue: Enqueue                       # engine/delivery/outbox.py's, on this store and the sites in force
+    evaluator: Callable[[], Evaluator]     # the rules' evaluator on the store; its directory knows the lists
     parse_events: Callable[[Any], list[Event]]   # one event or a list; EventError points into it
     reload: Callable[[], Awaitable[tuple[bool, list[str]]]]
     health: Callable[[], Awaitable[dict]]  # the body of GET /health
@@ -100,14 +117,3 @@ class Services:
     @property
     def directory(self) -> Directory:
         return self.loaded().directory
-
-    def evaluator(self) -> Evaluator:
-        """The rules' evaluator on the store, its directory answering subscription lists too."""
-        loaded = self.loaded()
-        return Evaluator(loaded.project, state=self.store,
-                         directory=SubscribedDirectory(loaded.directory, self.store))
-
-    def enqueue(self, m: PlannedMessage, site: str, firing_id: int | None = None, kind: str = "rule") -> int:
-        """Write a planned message into the outbox, inside the caller's transaction (in the
-        database thread); its id. The dispatcher hears of it through `wakes.dispatch`."""
-        return enqueue(self.store, self.config.sites, m, site, firing_id, kind)
