@@ -90,6 +90,9 @@ class Accept(Protocol):
 
 @dataclass(frozen=True)
 class Services:
+    """Built by the daemon once its store is open; `config`, `project` and `directory`
+    follow reloads (each read goes through `loaded()`)."""
+
     store: Store
     db: Callable[..., Awaitable[Any]]      # db(fn, *args): run blocking store work in its thread, one at a time
     clock: Clock
