@@ -1300,8 +1300,8 @@ class _Reader:
         return cfg
 
     def trusted_proxies(self, v: _Val | None) -> tuple:
-        """`http.trusted_proxies: [127.0.0.1, 10.0.0.0/8]` (engine/api/client_address.py)."""
-        from herald.engine.api.client_address import parse_proxy
+        """`http.trusted_proxies: [127.0.0.1, 10.0.0.0/8]` (engine/helpers/client_address.py)."""
+        from herald.engine.helpers.client_address import parse_proxy
         out = []
         for item in self.items(v) if v is not None and isinstance(v.raw, CommentedSeq) else ():
             try:

@@ -13,23 +13,35 @@ runs in a worker thread, one call at a time, in batches.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import signal
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import trio
 
-from herald.engine.config import Config, load_config
+from herald import connectors
+from herald.engine.api.routes import serve_api
+from herald.engine.audience.campaigns import Feeder
 from herald.engine.audience.directory import open_directory
-from herald.engine.errors import EventError, HeraldError, LoadError
-from herald.engine.rules.evaluate import Delayed, Evaluator, PlannedMessage, RuleRun
-from herald.engine.events import Event, parse_event
-from herald.engine.rules.loader import Project, load_project
+from herald.engine.audience.incoming import poll_incoming
+from herald.engine.audience.subscriptions import Refusals, SubscribedDirectory, apply_rule_actions
+from herald.engine.audience.subscriptions import health as subscriptions_health
+from herald.engine.config import Config, load_config
+from herald.engine.delivery.alerts import Alerter
+from herald.engine.delivery.dispatcher import Dispatcher
 from herald.engine.delivery.outbox import enqueue
+from herald.engine.errors import EventError, HeraldError, LoadError
+from herald.engine.events import Event, parse_event
+from herald.engine.intake import ConnectorStatus, Context
+from herald.engine.logs import setup_logging
+from herald.engine.redaction import secret_values
+from herald.engine.rules.evaluate import Delayed, Evaluator, PlannedMessage, RuleRun
+from herald.engine.rules.loader import Project, load_project
 from herald.engine.runtime import Clock, Pulse, VirtualClock  # noqa: F401  (VirtualClock: the daemon's public clocks)
+from herald.engine.services import Loaded, Services, Wakes
 from herald.engine.store import Store
 from herald.grammar.model import Rule
 
@@ -46,14 +58,6 @@ def rule_version(rule: Rule) -> str:
     return hashlib.sha1(rule.canonical().encode()).hexdigest()[:12]
 
 
-@dataclass
-class ConnectorStatus:
-    type: str
-    alive: bool = False
-    detail: str = "starting"
-    since: datetime | None = None
-
-
 class Daemon:
     def __init__(self, config: Config, *, clock: Clock | None = None, bsg_transport=None,
                  log_format: str = "text"):
@@ -63,10 +67,12 @@ class Daemon:
         self.store: Store | None = None
         self.directory = open_directory(config.directory)   # connects on its first lookup
         self.db_limiter = trio.CapacityLimiter(1)
-        self.events_wake = Pulse()
-        self.timers_wake = Pulse()
-        self.dispatch_wake = Pulse()
-        self.reloaded = Pulse()
+        self.wakes = Wakes()
+        self.events_wake = self.wakes.events
+        self.timers_wake = self.wakes.timers
+        self.dispatch_wake = self.wakes.dispatch
+        self.campaigns_wake = self.wakes.campaigns
+        self.reloaded = self.wakes.reloaded
         self.generation = 0
         self.connectors: dict[str, ConnectorStatus] = {}
         self.bsg_transport = bsg_transport
@@ -74,22 +80,31 @@ class Daemon:
         self.sandbox_url: str | None = None
         self.stopping = trio.Event()
         self.started = trio.Event()
-        self.dispatcher = None
-        self.alerter = None
+        self.dispatcher: Dispatcher | None = None
+        self.alerter: Alerter | None = None
+        self.feeder: Feeder | None = None
+        self.services: Services | None = None      # built by `run` once the store is open
         self.backup_transports: dict = {}     # tests: httpx transports for backup endpoints by name
         self.versions: dict[str, str] = {}
-        from herald.engine.audience.subscriptions import Refusals
         self.subscription_refusals = Refusals()   # POST /subscriptions refusals, for GET /health
 
     # ---- blocking work, one call at a time ----
     async def db(self, fn: Callable, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.db_limiter)
 
+    def loaded(self) -> Loaded:
+        """What a reload swaps (the services read it through this, at each use)."""
+        return Loaded(self.config, self.project, self.directory, self.generation)
+
+    def _services(self) -> Services:
+        return Services(store=self.store, db=self.db, clock=self.clock, wakes=self.wakes, stopping=self.stopping,
+                        loaded=self.loaded, accept=self.accept, enqueue=self._enqueue, evaluator=self._evaluator,
+                        parse_events=self.parse_events,
+                        reload=self.reload, health=self.health, sending=lambda: self.dispatcher,
+                        alerter=self.alerter, refusals=self.subscription_refusals)
+
     # ---- start and stop ----
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        from herald.engine.delivery.dispatcher import Dispatcher
-        from herald.engine.api.routes import serve_api
-
         self.project = await trio.to_thread.run_sync(load_project, self.config)
         self.versions = {r.id: rule_version(r) for r in self.project.rules}
         for warning in self.project.warnings:
@@ -97,8 +112,8 @@ class Daemon:
         self.store = await trio.to_thread.run_sync(Store, self.config.store)
         try:
             async with trio.open_nursery() as nursery:
-                from herald.engine.delivery.alerts import Alerter
                 self.alerter = Alerter(self.store, self.config, self.clock.now)
+                services = self.services = self._services()
                 await nursery.start(self.alerter.run, self.db)
                 self.dispatcher = Dispatcher(self)
                 await nursery.start(self.dispatcher.run)      # BSG (or the sandbox) first
@@ -106,13 +121,11 @@ class Daemon:
                 await nursery.start(self._timers)
                 await nursery.start(self._scheduler)
                 await self._start_connectors(nursery)
-                from herald.engine.audience.incoming import poll_incoming
-                await nursery.start(poll_incoming, self)         # incoming SMS (subscriptions.poll_incoming)
-                from herald.engine.audience.campaigns import Feeder
-                self.feeder = Feeder(self)
+                await nursery.start(poll_incoming, services)     # incoming SMS (subscriptions.poll_incoming)
+                self.feeder = Feeder(services)
                 await nursery.start(self.feeder.run)            # campaigns: recipients into the outbox
                 try:
-                    self.http_url = await nursery.start(serve_api, self)
+                    self.http_url = await nursery.start(serve_api, services)
                 except (OSError, BaseExceptionGroup) as exc:
                     cause = _first(exc, OSError)
                     if cause is None:
@@ -186,8 +199,10 @@ class Daemon:
             await self.events_wake.wait(1.0)
 
     def _evaluator(self) -> Evaluator:
-        from herald.engine.audience.subscriptions import SubscribedDirectory
         return Evaluator(self.project, state=self.store, directory=SubscribedDirectory(self.directory, self.store))
+
+    def _enqueue(self, m: PlannedMessage, site: str, firing_id: int | None = None, kind: str = "rule") -> int:
+        return enqueue(self.store, self.config.sites, m, site, firing_id, kind)
 
     def _process_batch(self) -> int:
         """Process pending journal events: firings, messages, timers and entity state are
@@ -226,11 +241,7 @@ class Daemon:
         for m in run.messages:
             self._enqueue(m, event.site, firing_id)
         if run.subscriptions:               # `subscribe` / `unsubscribe` actions, in the same transaction
-            from herald.engine.audience.subscriptions import apply_rule_actions
             apply_rule_actions(store, run.subscriptions, event.site, now)
-
-    def _enqueue(self, m: PlannedMessage, site: str, firing_id: int | None, kind: str = "rule") -> int:
-        return enqueue(self.store, self.config.sites, m, site, firing_id, kind)
 
     # ---- timers (`after`) ----
     async def _timers(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -296,9 +307,6 @@ class Daemon:
 
     # ---- connectors ----
     async def _start_connectors(self, nursery: trio.Nursery) -> None:
-        from herald import connectors
-        from herald.engine.intake import Context
-
         for i, entry in enumerate(self.config.connectors):
             cls = connectors.find(entry.type)
             if cls is None:
@@ -309,8 +317,8 @@ class Daemon:
                 raise StartupError(f"{entry.location}: two connectors are named {name!r}; "
                                    "names keep their cursors apart, so each must be unique")
             connector = cls(entry)
-            self.connectors[name] = ConnectorStatus(entry.type)
-            await nursery.start(connector.run, Context(self, name))
+            status = self.connectors[name] = ConnectorStatus(entry.type)
+            await nursery.start(connector.run, Context(self.services, name, status))
 
     # ---- reload ----
     async def reload(self) -> tuple[bool, list[str]]:
@@ -375,8 +383,7 @@ class Daemon:
         }
 
     def _subscriptions_health(self) -> dict:
-        from herald.engine.audience.subscriptions import health
-        return health(self.store, self.config, self.subscription_refusals, self.clock.now())
+        return subscriptions_health(self.store, self.config, self.subscription_refusals, self.clock.now())
 
     def _endpoints_health(self) -> list[dict]:
         router = self.dispatcher.router if self.dispatcher is not None else None
@@ -404,14 +411,11 @@ def _first(exc: BaseException, kind: type) -> BaseException | None:
 
 
 def _loads(text: str | None) -> Any:
-    import json
     return json.loads(text) if text else None
 
 
 def run_daemon(config_path: str | None, log_format: str = "text") -> int:
     """`herald run`: 0 after SIGTERM/SIGINT, 2 when it cannot start."""
-    from herald.engine.logs import setup_logging
-
     try:
         config = load_config(config_path)
     except LoadError as exc:
@@ -438,5 +442,4 @@ def run_daemon(config_path: str | None, log_format: str = "text") -> int:
 
 def _secrets_of(config: Config) -> list[str]:
     """Every secret value the config holds, for log redaction (engine/redaction.py)."""
-    from herald.engine.redaction import secret_values
     return secret_values(config)

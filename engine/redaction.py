@@ -26,9 +26,14 @@ def secret_values(config: Config) -> list[str]:
         if password:
             found.add(password)
     if config.bitrix24 is not None and config.bitrix24.rest_url is not None:
-        from herald.engine.api.bitrix24 import rest_token
         found.add(rest_token(config.bitrix24.rest_url.reveal()))     # the token alone, too
     return sorted((v for v in found if v), key=len, reverse=True)
+
+
+def rest_token(url: str) -> str:
+    """The secret part of a Bitrix24 incoming webhook URL (…/rest/USER_ID/TOKEN/)."""
+    segments = [p for p in urlsplit(url).path.split("/") if p]
+    return segments[-1] if segments else ""
 
 
 def _leaves(value: Any, depth: int = 0) -> Iterator[tuple[str, bool]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from herald.grammar.literals import unquote as _unquote
+from herald.grammar.schedule import is_valid_cron
 from herald.grammar.model import ChangeTrigger, EventTrigger, OncePer, PathRef, ScheduleTrigger, StateTrigger
 from herald.grammar.tree import SPECIAL_ROOTS, Placeholder as _Placeholder
 
@@ -84,7 +85,6 @@ class TriggerParts:
 
     def cron(self, items: list):
         (token,) = items
-        from herald.engine.rules.schedule import is_valid_cron
         expression = _unquote(token).strip()
         if not is_valid_cron(expression):
             return self._error(f'"{expression}" is not a valid cron expression', token,

@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from herald.engine.errors import Location
+from herald.grammar.schedule import next_fire
 
 Path = tuple[str, ...]
 
@@ -416,7 +417,6 @@ class ScheduleTrigger:
 
     def next_fire(self, after: datetime) -> datetime:
         """The first firing strictly after `after` (aware, in the site's zone)."""
-        from herald.engine.rules.schedule import next_fire
         return next_fire(self, after)
 
     def __str__(self) -> str:

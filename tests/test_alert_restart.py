@@ -259,7 +259,7 @@ async def unit_daemon(config: Path, fake: FakeBSG):
                     bsg_transport=httpx.ASGITransport(app=create_bsg_app(fake)))
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.run)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(daemon)),
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(daemon.services)),
                                      base_url="http://herald") as api:
             yield daemon, api
         nursery.cancel_scope.cancel()

@@ -173,7 +173,7 @@ async def test_every_endpoint_answers_bad_input_with_a_4xx_json_and_keeps_servin
                           encoding="utf-8")
         async with running(config) as (daemon, _):
             await seed(daemon)
-            transport = httpx.ASGITransport(app=create_app(daemon), client=("127.0.0.1", 4242))
+            transport = httpx.ASGITransport(app=create_app(daemon.services), client=("127.0.0.1", 4242))
             async with httpx.AsyncClient(transport=transport, base_url="http://herald") as client:
                 async def exchange(method: str, url: str, body: bytes | None, headers: dict):
                     response = await client.request(method, url, content=body, headers=headers)
@@ -194,7 +194,7 @@ async def test_every_endpoint_answers_bad_input_with_a_4xx_json_and_keeps_servin
 
 async def seed(daemon) -> None:
     """Something for the fuzzed ids to find: an order with a message, a campaign."""
-    transport = httpx.ASGITransport(app=create_app(daemon), client=("127.0.0.1", 4242))
+    transport = httpx.ASGITransport(app=create_app(daemon.services), client=("127.0.0.1", 4242))
     async with httpx.AsyncClient(transport=transport, base_url="http://herald") as client:
         r = await client.post("/events", json=SHAPES[("POST", "/events")])
         assert r.status_code == 202, r.text

@@ -67,7 +67,7 @@ async def test_pushes_are_journaled_once_and_match_polled_ones(tmp_path, monkeyp
                                                                "body": "OTPISKA", "time": "2026-03-02 07:00:00"})
             assert pushed.json()["accepted"] == [f"sms:{fake_id}"]
             before = len(journal(daemon, "sms.received"))
-            await poll_once(daemon, daemon.dispatcher.client)
+            await poll_once(daemon.services, daemon.dispatcher.client)
             assert len(journal(daemon, "sms.received")) == before
 
             # a pushed id of the sender's own is not BSG's: the same number at BSG is another SMS
@@ -79,7 +79,7 @@ async def test_pushes_are_journaled_once_and_match_polled_ones(tmp_path, monkeyp
             collide = await client.post("/sms/incoming", json={"id": bsg_ids[-1], "from": "+79007778899",
                                                                "text": "mine"})
             assert collide.json()["duplicates"] == []
-            await poll_once(daemon, daemon.dispatcher.client)
+            await poll_once(daemon.services, daemon.dispatcher.client)
             assert "вопрос" in [e["sms"]["text"] for e in journal(daemon, "sms.received")]
 
 

@@ -135,7 +135,7 @@ async def test_the_limit_counts_the_connection_or_a_trusted_proxys_forwarded_for
 
 
 def test_client_address_rules():
-    from herald.engine.api.client_address import client_address, parse_proxies
+    from herald.engine.helpers.client_address import client_address, parse_proxies
 
     trusted = parse_proxies(["127.0.0.1", "10.0.0.0/8", "2001:db8::/32"])
     assert client_address("192.0.2.7", "203.0.113.9", trusted) == "192.0.2.7"          # untrusted peer
@@ -155,7 +155,7 @@ def test_client_address_rules():
        st.one_of(st.none(), st.lists(st.one_of(st.ip_addresses().map(str), st.text(max_size=30)),
                                      max_size=6).map(", ".join)))
 def test_any_peer_and_header_give_an_address_and_only_a_trusted_peer_is_looked_past(peer, header):
-    from herald.engine.api.client_address import client_address, parse_proxies
+    from herald.engine.helpers.client_address import client_address, parse_proxies
 
     trusted = parse_proxies(["127.0.0.0/8", "10.0.0.0/8", "::1"])
     found = client_address(peer, header, trusted)
@@ -180,7 +180,7 @@ def test_a_masked_phone_shows_at_most_six_digits(raw):
 
 
 def test_ipv6_visitors_are_counted_per_64_network():
-    from herald.engine.api.client_address import limit_key
+    from herald.engine.helpers.client_address import limit_key
 
     assert limit_key("2001:db8:1:2:aaaa::1") == limit_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
     assert limit_key("2001:db8:1:3::1") != limit_key("2001:db8:1:2::1")

@@ -1,6 +1,6 @@
 """HTTP routes for subscriptions, incoming SMS and campaigns (docs/http-api.md).
 
-Registered by engine/api/routes.py's `create_app` through `routes(daemon, endpoint)`; the
+Registered by engine/api/routes.py's `create_app` through `routes(services, endpoint)`; the
 `endpoint` wrapper does the bearer-token check and turns ApiError / EventError into a
 4xx JSON answer with a JSON pointer.
 """
@@ -13,25 +13,25 @@ from typing import Any, Callable
 from starlette.requests import Request
 from starlette.routing import Route
 
-from herald.engine.api.client_address import of_request
+from herald.engine.api.base import ApiError, Handler, JSONResponse, json_body, path_key
+from herald.engine.audience import campaigns
+from herald.engine.audience import subscriptions as subs
+from herald.engine.audience.incoming import parse_push
+from herald.engine.helpers.client_address import of_request
+from herald.engine.services import Services
 
 CAMPAIGN_MAX_BODY = 256 * 1024 * 1024    # POST /campaigns: a CSV of a few million rows
 
 
-def routes(daemon, endpoint: Callable) -> list[Route]:
-    from herald.engine.api.routes import ApiError, JSONResponse, _json_body, path_key
-    from herald.engine.audience import campaigns
-    from herald.engine.audience import subscriptions as subs
-    from herald.engine.audience.incoming import parse_push
-
+def routes(services: Services, endpoint: Callable[[Handler], Handler]) -> list[Route]:
     async def body(request: Request, *, large: bool = False) -> Any:
-        if daemon.stopping.is_set():
+        if services.stopping.is_set():
             raise ApiError(503, "herald is shutting down; send again in a moment")
         if large:      # POST /campaigns carries whole CSV files: its own, larger limit
-            limit = max(CAMPAIGN_MAX_BODY, daemon.config.http.max_body)
-            return await _json_body(request, limit, "the limit of POST /campaigns; split the CSV or raise "
+            limit = max(CAMPAIGN_MAX_BODY, services.config.http.max_body)
+            return await json_body(request, limit, "the limit of POST /campaigns; split the CSV or raise "
                                                     "http.max_body above it")
-        return await _json_body(request, daemon.config.http.max_body)
+        return await json_body(request, services.config.http.max_body)
 
     def answer(fn: Callable) -> Callable:
         @functools.wraps(fn)          # its name is what a failure's log line shows
@@ -45,70 +45,70 @@ def routes(daemon, endpoint: Callable) -> list[Route]:
         return endpoint(handler)
 
     async def subscribe(request: Request):
-        config = daemon.config
+        config = services.config
         client = of_request(request, config.http.trusted_proxies)
         payload = await body(request)
-        daemon.subscription_refusals.note_ip_field(payload)
+        services.refusals.note_ip_field(payload)
         try:
             req = subs.parse_subscribe(payload, config)
             if subs.needs_proof(config, req.list):
                 token = subs.proof_token(payload)
-                await daemon.db(subs.peek_limits, daemon.store, config, req, client, daemon.clock.now())
+                await services.db(subs.peek_limits, services.store, config, req, client, services.clock.now())
                 await subs.verify_proof(config.subscriptions.proof, token, client)
-            status, result = await daemon.db(subs.subscribe, daemon.store, config, req, client,
-                                             daemon.clock.now())
+            status, result = await services.db(subs.subscribe, services.store, config, req, client,
+                                             services.clock.now())
         except subs.SubscriptionError as exc:
-            daemon.subscription_refusals.refused(exc, payload, client)
+            services.refusals.refused(exc, payload, client)
             return JSONResponse(exc.as_json(), status_code=exc.status, headers=exc.headers())
-        daemon.events_wake.set()
+        services.wakes.events.set()
         return JSONResponse(result, status_code=status)
 
     async def confirm(request: Request):
         payload = await body(request)
-        result = await daemon.db(subs.confirm, daemon.store, daemon.config, payload, daemon.clock.now())
-        daemon.events_wake.set()
+        result = await services.db(subs.confirm, services.store, services.config, payload, services.clock.now())
+        services.wakes.events.set()
         return JSONResponse(result)
 
     async def unsubscribe(request: Request):
         payload = await body(request)
-        result = await daemon.db(subs.unsubscribe, daemon.store, daemon.config, payload, daemon.clock.now())
-        daemon.events_wake.set()
+        result = await services.db(subs.unsubscribe, services.store, services.config, payload, services.clock.now())
+        services.wakes.events.set()
         return JSONResponse(result)
 
     async def incoming(request: Request):
-        events = parse_push(await body(request), daemon)
-        accepted = await daemon.accept(events, "sms-push")
+        events = parse_push(await body(request), services)
+        accepted = await services.accept(events, "sms-push")
         return JSONResponse({"accepted": [i for i, _ in accepted],
                              "duplicates": [i for i, new in accepted if not new]}, status_code=202)
 
     async def create_campaign(request: Request):
-        spec = campaigns.parse_spec(await body(request, large=True), daemon.config, daemon.project, now=daemon.clock.now())
-        result = await daemon.db(campaigns.create, daemon, spec)
-        daemon.campaigns_wake.set()
+        spec = campaigns.parse_spec(await body(request, large=True), services.config, services.project, now=services.clock.now())
+        result = await services.db(campaigns.create, services, spec)
+        services.wakes.campaigns.set()
         return JSONResponse(result, status_code=201)
 
     async def list_campaigns(request: Request):
-        return JSONResponse({"campaigns": await daemon.db(campaigns.list_status, daemon)})
+        return JSONResponse({"campaigns": await services.db(campaigns.list_status, services)})
 
     async def get_campaign(request: Request):
         key = path_key(request)
-        result = await daemon.db(campaigns.status, daemon, key)
+        result = await services.db(campaigns.status, services, key)
         if result is None:
             raise ApiError(404, f"no campaign {key}")
         return JSONResponse(result)
 
     async def set_campaign(request: Request):
         key = path_key(request)
-        result = await daemon.db(campaigns.update, daemon, key, await body(request))
-        daemon.campaigns_wake.set()
+        result = await services.db(campaigns.update, services, key, await body(request))
+        services.wakes.campaigns.set()
         return JSONResponse(result)
 
     def change(action: str) -> Callable:
         async def handler(request: Request):
             key = path_key(request)
-            result = await daemon.db(campaigns.change_state, daemon, key, action)
-            daemon.campaigns_wake.set()
-            daemon.dispatch_wake.set()
+            result = await services.db(campaigns.change_state, services, key, action)
+            services.wakes.campaigns.set()
+            services.wakes.dispatch.set()
             return JSONResponse(result)
         handler.__name__ = f"{action}_campaign"
         return handler

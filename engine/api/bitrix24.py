@@ -29,13 +29,14 @@ import logging
 import re
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import httpx
 import trio
 
 from herald.engine.audience.directory import phone_field
 from herald.engine.helpers.phones import normalize_phone
+from herald.engine.redaction import rest_token
 
 # Bitrix24 event → canonical event type, and the object its id goes to.
 EVENTS: dict[str, tuple[str, str]] = {
@@ -206,12 +207,6 @@ log = logging.getLogger("herald.http")
 
 class RestError(Exception):
     """A failed REST call. The message names the method and what went wrong, never the URL."""
-
-
-def rest_token(url: str) -> str:
-    """The secret part of an incoming webhook URL (…/rest/USER_ID/TOKEN/)."""
-    segments = [p for p in urlsplit(url).path.split("/") if p]
-    return segments[-1] if segments else ""
 
 
 def redact_url(url: str) -> str:

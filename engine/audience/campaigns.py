@@ -44,11 +44,21 @@ from typing import Any, Iterable, Mapping
 from zoneinfo import ZoneInfo
 
 import trio
+from ruamel.yaml import YAML, YAMLError
 
+from herald.engine.audience.directory import lookup
+from herald.engine.audience.incoming import account_client
+from herald.engine.audience.subscriptions import SubscribedDirectory
+from herald.engine.bsg.client import BsgError
+from herald.engine.config import Config
 from herald.engine.errors import Diagnostic, EventError, HeraldError, Location, did_you_mean, display_path
 from herald.engine.events import Event, EventScope, parse_time
 from herald.engine.helpers.phones import normalize_phone
 from herald.engine.helpers.windows import WINDOW_FORMAT, parse_window
+from herald.engine.rules.evaluate import Evaluator
+from herald.engine.rules.loader import Project
+from herald.engine.services import Services
+from herald.engine.store import Store
 from herald.grammar.model import EventTrigger, Recipient, Rule, Send
 
 log = logging.getLogger("herald.campaigns")
@@ -111,7 +121,7 @@ def parse_rate(value: Any) -> float | None:
     return rate if MIN_RATE <= rate <= MAX_RATE else None
 
 
-def parse_spec(payload: Any, config, project, *, origin: str = "http", base_dir: Path | None = None,
+def parse_spec(payload: Any, config: Config, project: Project, *, origin: str = "http", base_dir: Path | None = None,
                now: datetime | None = None) -> Spec:
     """Validate a campaign (`POST /campaigns` body, or a YAML file's mapping). Raises
     CampaignError with a JSON pointer."""
@@ -251,13 +261,13 @@ def _csv_rows(reader: csv.DictReader) -> list[tuple[str, dict, str | None]]:
 
 # ---- creating (in the database thread) ---------------------------------------------------
 
-def create(daemon, spec: Spec) -> dict:
+def create(services: Services, spec: Spec) -> dict:
     """Resolve the recipients and store the campaign; its status (with `invalid`: numbers
     that were left out). A name already used answers 409."""
-    store = daemon.store
+    store = services.store
     if spec.name is not None and store.campaign(spec.name) is not None:
         raise CampaignError(409, f"a campaign named {spec.name!r} exists already", "/name")
-    recipients, invalid = resolve(daemon, spec)
+    recipients, invalid = resolve(services, spec)
     if not recipients:
         kind = next(iter(spec.source))
         why = (f"all {len(invalid)} number(s) are invalid, e.g. {invalid[0]}" if invalid else
@@ -265,7 +275,7 @@ def create(daemon, spec: Spec) -> dict:
                else f"{kind} {spec.source[kind]!r} has nobody with a phone number" if kind in ("department", "group")
                else "nobody to send to")
         raise CampaignError(400, f"no recipients: {why}; nothing was created", f"/{kind}")
-    site = daemon.config.sites[spec.site]
+    site = services.config.sites[spec.site]
     window = spec.window or (site.send_window.text if site.send_window else None)
     fields = {"name": spec.name, "origin": spec.origin, "site": spec.site, "channel": spec.channel,
               "template": spec.template, "text": spec.text, "sender": spec.sender,
@@ -274,7 +284,7 @@ def create(daemon, spec: Spec) -> dict:
               "rate": spec.rate, "budget": str(spec.budget) if spec.budget is not None else None,
               "state": "active", "reason": ""}
     campaign_id = store.create_campaign(fields, recipients)
-    result = status(daemon, campaign_id)
+    result = status(services, campaign_id)
     result["invalid"] = {"count": len(invalid), "examples": invalid[:5]}
     log.info("campaign %s (%s): %d recipient(s), %d invalid number(s) left out", campaign_id,
              spec.name or "unnamed", result["total"], len(invalid))
@@ -290,11 +300,8 @@ def describe_source(source: dict) -> dict:
     return {kind: value}
 
 
-def resolve(daemon, spec: Spec) -> tuple[Iterable[tuple[str, str | None, str | None]], list[str]]:
+def resolve(services: Services, spec: Spec) -> tuple[Iterable[tuple[str, str | None, str | None]], list[str]]:
     """The recipients (E.164, macros JSON, zone), each number once, and the invalid ones."""
-    from herald.engine.audience.directory import lookup
-    from herald.engine.audience.subscriptions import SubscribedDirectory
-
     kind, value = next(iter(spec.source.items()))
     rows: list[tuple[str, dict | None, str | None]]
     if kind == "phones":
@@ -302,15 +309,15 @@ def resolve(daemon, spec: Spec) -> tuple[Iterable[tuple[str, str | None, str | N
     elif kind == "csv":
         rows = read_csv(value)
     elif kind == "list":
-        directory = SubscribedDirectory(daemon.directory, daemon.store)
+        directory = SubscribedDirectory(services.directory, services.store)
         phones = directory.subscribers(value)
-        if not phones and value not in daemon.config.subscriptions.lists and not phones.error:
-            known = tuple(daemon.config.subscriptions.lists)
+        if not phones and value not in services.config.subscriptions.lists and not phones.error:
+            known = tuple(services.config.subscriptions.lists)
             hint = did_you_mean(value, known) or "configured lists: " + (", ".join(known) or "none")
             raise CampaignError(400, f'list "{value}" has no subscribers and is not configured ({hint})', "/list")
         rows = [(p, None, None) for p in phones]
     else:
-        found = lookup(daemon.directory, kind, value)
+        found = lookup(services.directory, kind, value)
         if found.error:
             raise CampaignError(400, f"{kind} {value!r}: {found.error}", f"/{kind}")
         rows = [(phone, None, None) for _, phone in found if phone]
@@ -330,14 +337,14 @@ def resolve(daemon, spec: Spec) -> tuple[Iterable[tuple[str, str | None, str | N
 
 # ---- status ------------------------------------------------------------------------------
 
-def status(daemon, key: int | str) -> dict | None:
-    store = daemon.store
+def status(services: Services, key: int | str) -> dict | None:
+    store = services.store
     c = store.campaign(key)
     if c is None:
         return None
     counts = store.campaign_counts(c["id"])
     r, m = counts["recipients"], counts["messages"]
-    now = daemon.clock.now().timestamp()
+    now = services.clock.now().timestamp()
     state = c["state"]
     shown = {"active": "scheduled" if now < c["start_at"] else "running"}.get(state, state)
     queued = r.get("pending", 0) + sum(m.get(s, 0) for s in ("queued", "deferred", "held", "sending"))
@@ -361,8 +368,8 @@ def status(daemon, key: int | str) -> dict | None:
     return body
 
 
-def list_status(daemon) -> list[dict]:
-    return [status(daemon, c["id"]) for c in daemon.store.campaigns()]
+def list_status(services: Services) -> list[dict]:
+    return [status(services, c["id"]) for c in services.store.campaigns()]
 
 
 def _iso(ts: float | None) -> str | None:
@@ -371,8 +378,10 @@ def _iso(ts: float | None) -> str | None:
 
 # ---- pause / resume / cancel (in the database thread) ------------------------------------
 
-def change_state(daemon, key: str, action: str) -> dict:
-    store = daemon.store
+def change_state(services: Services, key: str, action: str) -> dict:
+    """Pause, resume or cancel a campaign (in the database thread); its status. The feeder
+    hears of it through `wakes.campaigns`; a resumed campaign reads its balance first."""
+    store = services.store
     c = store.campaign(key)
     if c is None:
         raise CampaignError(404, f"no campaign {key}")
@@ -385,26 +394,23 @@ def change_state(daemon, key: str, action: str) -> dict:
         elif action == "resume":
             if not store.set_campaign_state(cid, "active", "", ("paused", "stopped")):
                 raise CampaignError(409, f"campaign {cid} is {state}: only a paused or stopped one can resume")
-            now = daemon.clock.now().timestamp()
+            now = services.clock.now().timestamp()
             store.hold_campaign(cid, now, "")
             # an operator resumes after fixing the cause (a top-up): what BSG refused for it
             # goes now, unmarked, so the funds check does not stop the campaign again at once
             store.release_campaign_held(cid, FUNDS_CODES, now)
-            if daemon.alerter is not None:
-                daemon.alerter.resolve(f"campaign.stopped:{cid}", f"Campaign {c['name'] or cid} resumed",
+            if services.alerter is not None:
+                services.alerter.resolve(f"campaign.stopped:{cid}", f"Campaign {c['name'] or cid} resumed",
                                        "An operator resumed the campaign.")
         elif action == "cancel":
             if not store.set_campaign_state(cid, "cancelled", "cancelled by an operator", LIVE_STATES):
                 raise CampaignError(409, f"campaign {cid} is {state} already")
             store.recall_campaign(cid, "cancelled", "campaign cancelled")
-            if daemon.alerter is not None and state == "stopped":
+            if services.alerter is not None and state == "stopped":
                 # a cancelled campaign will not resume: its stop is no longer an open problem
-                daemon.alerter.resolve(f"campaign.stopped:{cid}", f"Campaign {c['name'] or cid} cancelled",
+                services.alerter.resolve(f"campaign.stopped:{cid}", f"Campaign {c['name'] or cid} cancelled",
                                        "An operator cancelled the stopped campaign.")
-    feeder = getattr(daemon, "feeder", None)
-    if feeder is not None:
-        feeder.balance_at.clear()          # a resumed campaign reads the balance first
-    return status(daemon, cid)
+    return status(services, cid)
 
 
 # ---- changing a campaign (`herald campaign set`, PATCH /campaigns/ID) --------------------
@@ -412,7 +418,7 @@ def change_state(daemon, key: str, action: str) -> dict:
 SETTABLE = ("budget", "end", "rate")
 
 
-def update(daemon, key: str, payload: Any) -> dict:
+def update(services: Services, key: str, payload: Any) -> dict:
     """Change the budget, end or rate of a campaign that is not over yet (in the database
     thread). A stopped campaign stays stopped: `resume` goes on with the new figures."""
     if not isinstance(payload, Mapping) or not payload:
@@ -421,7 +427,7 @@ def update(daemon, key: str, payload: Any) -> dict:
         if k not in SETTABLE:
             hint = did_you_mean(str(k), SETTABLE) or "only " + ", ".join(SETTABLE) + " can change"
             raise CampaignError(400, f"unknown key {k!r} ({hint})", f"/{k}")
-    store = daemon.store
+    store = services.store
     c = store.campaign(key)
     if c is None:
         raise CampaignError(404, f"no campaign {key}")
@@ -437,19 +443,19 @@ def update(daemon, key: str, payload: Any) -> dict:
         budget = _budget(payload["budget"])
         fields["budget"] = str(budget) if budget is not None else None
     if "end" in payload:
-        site = daemon.config.sites.get(c["site"])
+        site = services.config.sites.get(c["site"])
         tz = ZoneInfo(site.timezone) if site is not None else timezone.utc
         if payload["end"] is None:
             raise CampaignError(400, "end is required: when unsent messages are recalled (ISO 8601)", "/end")
         end = _time(payload["end"], "/end", tz)
         if end.timestamp() <= c["start_at"]:
             raise CampaignError(400, "end must be after start", "/end")
-        if end <= daemon.clock.now():
+        if end <= services.clock.now():
             raise CampaignError(400, f"end ({end.isoformat()}) is in the past", "/end")
         fields["end_at"] = end.timestamp()
     store.update_campaign(c["id"], fields)
     log.info("campaign %s changed: %s", c["id"], ", ".join(f"{k} {v}" for k, v in fields.items()))
-    return status(daemon, c["id"])
+    return status(services, c["id"])
 
 
 # ---- the feeder --------------------------------------------------------------------------
@@ -457,35 +463,37 @@ def update(daemon, key: str, payload: Any) -> dict:
 class Feeder:
     """Moves due recipients of running campaigns into the outbox, at each campaign's rate."""
 
-    def __init__(self, daemon):
-        from herald.engine.runtime import Pulse
-        self.daemon = daemon
-        self.wake = Pulse()
-        daemon.campaigns_wake = self.wake
+    def __init__(self, services: Services):
+        self.services = services
+        self.wake = services.wakes.campaigns
         self.tokens: dict[int, tuple[float, float]] = {}   # campaign → (tokens, trio time)
         self.balance_at: dict[str | None, float] = {}      # account → trio time of its next balance read
-        self.generation = None
+        self.running: set[int] = set()                     # the campaigns running at the last round
+        self.generation: int | None = None
 
     @property
-    def store(self):
-        return self.daemon.store
+    def store(self) -> Store:
+        return self.services.store
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            if self.generation != self.daemon.generation:
-                self.generation = self.daemon.generation
-                await load_declared(self.daemon)
+            generation = self.services.loaded().generation
+            if self.generation != generation:
+                self.generation = generation
+                await load_declared(self.services)
             wait = await self.round()
             await self.wake.wait(wait)
 
     async def round(self) -> float:
         """Feed every running campaign once; how long to wait before the next round."""
-        now = self.daemon.clock.now().timestamp()
+        now = self.services.clock.now().timestamp()
         wait = 1.0          # ≤ 1 s: the clock may be virtual, and pause/resume come by HTTP
-        for c in await self.daemon.db(self.store.live_campaigns):
+        live = await self.services.db(self.store.live_campaigns)
+        self._note_resumed(live)
+        for c in live:
             if now >= c["end_at"]:
-                await self.daemon.db(self._end, c)
+                await self.services.db(self._end, c)
                 continue
             if c["state"] != "active" or now < c["start_at"]:
                 continue
@@ -493,6 +501,14 @@ class Feeder:
                 continue
             wait = min(wait, await self._feed(c, now))
         return wait
+
+    def _note_resumed(self, live: list[dict]) -> None:
+        """A campaign running again (an operator resumed it, after a stop or a pause) reads
+        its account's balance before it feeds: the cause of a stop may be fixed (a top-up)."""
+        running = {c["id"] for c in live if c["state"] == "active"}
+        if running - self.running:
+            self.balance_at.clear()
+        self.running = running
 
     def _end(self, c: dict) -> None:
         people, messages = self.store.recall_campaign(c["id"], "expired", "campaign ended")
@@ -506,15 +522,12 @@ class Feeder:
 
     async def _funds_ok(self, c: dict) -> bool:
         """Low balance or BSG refusing for lack of funds: stop every running campaign."""
-        held = await self.daemon.db(self.store.campaign_held_operator, c["id"], FUNDS_CODES)
+        held = await self.services.db(self.store.campaign_held_operator, c["id"], FUNDS_CODES)
         if held:
-            await self.daemon.db(self._stop, c, "BSG refuses to send: not enough funds (error 8)")
+            await self.services.db(self._stop, c, "BSG refuses to send: not enough funds (error 8)")
             return False
-        from herald.engine.bsg.client import BsgError
-        from herald.engine.audience.incoming import account_client
-
         account = self._account(c["site"])
-        client = account_client(self.daemon, account)
+        client = account_client(self.services, account)
         if client is None or trio.current_time() < self.balance_at.get(account, 0.0):
             return True
         self.balance_at[account] = trio.current_time() + BALANCE_EVERY
@@ -523,29 +536,30 @@ class Feeder:
         except BsgError as exc:
             log.info("campaigns: balance not read (%s); feeding on", exc)
             return True
-        threshold = self.daemon.config.bsg.balance_alert or 0
+        threshold = self.services.config.bsg.balance_alert or 0
         if balance.amount <= threshold:
             where = f" of site {account}'s BSG account" if account else ""
             reason = (f"low balance{where}: {balance.amount} {balance.currency} (at or under "
                       f"{threshold:g}{', bsg.balance_alert' if threshold else ''})")
-            for other in await self.daemon.db(self.store.live_campaigns):   # every campaign of that account
+            for other in await self.services.db(self.store.live_campaigns):   # every campaign of that account
                 if other["state"] == "active" and self._account(other["site"]) == account:
-                    await self.daemon.db(self._stop, other, reason)
+                    await self.services.db(self._stop, other, reason)
             return False
         return True
 
     def _account(self, site: str) -> str | None:
         """The BSG account a site's messages go through: its own (api_key), else the main one (None)."""
-        config = self.daemon.config.sites.get(site)
+        config = self.services.config.sites.get(site)
         return site if config is not None and config.api_key is not None else None
 
     def _stop(self, c: dict, reason: str) -> None:
         with self.store.transaction():
             if not self.store.set_campaign_state(c["id"], "stopped", reason, ("active",)):
                 return
-            if self.daemon.alerter is not None:
+            self.running.discard(c["id"])       # resumed before the next round: still reads the balance first
+            if self.services.alerter is not None:
                 name = c["name"] or f"#{c['id']}"
-                self.daemon.alerter.open(
+                self.services.alerter.open(
                     f"campaign.stopped:{c['id']}", f"Campaign {name} stopped: {reason}",
                     f"Herald stopped campaign {name} (id {c['id']}): {reason}.\n\nNothing more of it is sent; "
                     f"what was not sent waits. What to do: fix the cause, then `herald campaign resume {c['id']}` "
@@ -554,7 +568,7 @@ class Feeder:
 
     async def _feed(self, c: dict, now: float) -> float:
         cid, rate = c["id"], c["rate"]
-        counts = await self.daemon.db(self.store.campaign_counts, cid)
+        counts = await self.services.db(self.store.campaign_counts, cid)
         m = counts["messages"]
         backlog = sum(m.get(s, 0) for s in ("queued", "deferred", "held", "sending"))
         allowance = min(self._tokens(cid, rate), BACKLOG - backlog, CHUNK)
@@ -565,19 +579,19 @@ class Feeder:
                 allowance = min(allowance, 1 - backlog)
             elif room <= 0:
                 if backlog == 0:
-                    await self.daemon.db(self._stop, c, f"budget reached: spent {counts['cost']:.2f} "
+                    await self.services.db(self._stop, c, f"budget reached: spent {counts['cost']:.2f} "
                                                         f"{counts['currency']} of {budget}".replace("  ", " "))
                 return 0.5
             else:
                 allowance = min(allowance, room)
         if allowance < 1:
             return max(0.02, min(1.0, 1.0 / rate))
-        fed, left, next_due = await self.daemon.db(self._feed_batch, c, int(allowance), now)
+        fed, left, next_due = await self.services.db(self._feed_batch, c, int(allowance), now)
         self._spend(cid, fed)
         if fed:
-            self.daemon.dispatch_wake.set()
+            self.services.wakes.dispatch.set()
         if not left:
-            await self.daemon.db(self._complete, cid)
+            await self.services.db(self._complete, cid)
             return 1.0
         if next_due is not None and next_due > now:
             return max(0.02, min(1.0, next_due - now))
@@ -612,12 +626,12 @@ class Feeder:
     def _feed_batch(self, c: dict, limit: int, now_ts: float) -> tuple[int, bool, float | None]:
         """Up to `limit` due recipients into the outbox, each marked fed in the same
         transaction. (messages written, recipients left, when the next one is due)."""
-        store, daemon = self.store, self.daemon
+        store = self.store
         rows = store.due_recipients(c["id"], now_ts, limit)
         if not rows:
             nxt = store.next_recipient_due(c["id"])
             return 0, nxt is not None, nxt
-        plan = Planner(daemon, c)
+        plan = Planner(self.services, c)
         phones = [r["phone"] for r in rows]
         opted = store.opted_out(phones)
         source = json.loads(c["source"])
@@ -649,11 +663,10 @@ class Feeder:
 class Planner:
     """Renders and enqueues a campaign's message for one recipient, like a rule's send."""
 
-    def __init__(self, daemon, c: dict):
-        from herald.engine.rules.evaluate import Evaluator
-
-        self.daemon, self.c = daemon, c
-        self.evaluator = Evaluator(daemon.project, state=daemon.store, directory=daemon.directory)
+    def __init__(self, services: Services, c: dict):
+        self.services, self.c = services, c
+        loaded = services.loaded()
+        self.evaluator = Evaluator(loaded.project, state=services.store, directory=loaded.directory)
         self.site = self.evaluator.site(c["site"])
         self.window = parse_window(c["send_window"]) if c["send_window"] else None
         self.zones: dict[str | None, ZoneInfo] = {}
@@ -680,20 +693,18 @@ class Planner:
         event = Event("campaign", macros, c["site"], f"campaign:{c['id']}", now)
         [m] = self.evaluator.plan_send(self.rule, send, event, EventScope(event), self.site, now)
         m = dataclasses.replace(m, event_id="", stale_at=self.end, rule_id="")
-        return self.daemon._enqueue(m, c["site"], None, kind="campaign")
+        return self.services.enqueue(m, c["site"], None, kind="campaign")
 
 
 # ---- campaigns declared in YAML (rules/campaigns/*.yaml) ---------------------------------
 
-def declared_files(config) -> list[Path]:
+def declared_files(config: Config) -> list[Path]:
     folder = Path(config.rules) / "campaigns"
     return sorted(p for p in folder.glob("*.y*ml") if p.is_file()) if folder.is_dir() else []
 
 
 def _read_declared(path: Path) -> tuple[dict | None, Diagnostic | None]:
     """A campaign file's mapping (ruamel's, which knows each key's line and column)."""
-    from ruamel.yaml import YAML, YAMLError
-
     where = display_path(path)
     try:
         data = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
@@ -721,13 +732,13 @@ def _locate(path: Path, data: Mapping, pointer: str | None) -> Location:
     return Location(where, line + 1, col + 1)
 
 
-def _declared_spec(path: Path, data: Mapping, config, project, now: datetime) -> Spec:
+def _declared_spec(path: Path, data: Mapping, config: Config, project: Project, now: datetime) -> Spec:
     payload = {str(k): v for k, v in data.items() if k != "enabled"}
     payload["name"] = payload.get("name") or path.stem
     return parse_spec(payload, config, project, origin=f"yaml:{path.name}", base_dir=path.parent, now=now)
 
 
-def check_declared(config, project) -> list[Diagnostic]:
+def check_declared(config: Config, project: Project) -> list[Diagnostic]:
     """`herald check`: every rules/campaigns/*.yaml (enabled or not) validates as a
     campaign. An end already past is a warning: the campaign was, or will not be, sent."""
     problems: list[Diagnostic] = []
@@ -747,10 +758,10 @@ def check_declared(config, project) -> list[Diagnostic]:
     return problems
 
 
-async def load_declared(daemon) -> None:
+async def load_declared(services: Services) -> None:
     """Create the campaigns of rules/campaigns/*.yaml that do not exist yet (by name: the
     file's `name`, else its stem). A reload never creates a second one from a file."""
-    for path in declared_files(daemon.config):
+    for path in declared_files(services.config):
         data, problem = _read_declared(path)
         if problem is not None:
             log.error("%s", problem.headline())
@@ -758,11 +769,11 @@ async def load_declared(daemon) -> None:
         if data.get("enabled", True) is False:
             continue
         name = data.get("name") or path.stem
-        if await daemon.db(daemon.store.campaign, name) is not None:
+        if await services.db(services.store.campaign, name) is not None:
             continue
         try:
-            spec = _declared_spec(path, data, daemon.config, daemon.project, daemon.clock.now())
-            result = await daemon.db(create, daemon, spec)
+            spec = _declared_spec(path, data, services.config, services.project, services.clock.now())
+            result = await services.db(create, services, spec)
         except CampaignError as exc:
             log.error("%s", Diagnostic(exc.message, _locate(path, data, exc.pointer)).headline())
             continue

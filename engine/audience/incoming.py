@@ -23,10 +23,11 @@ from typing import Any, Mapping
 
 import trio
 
-from herald.engine.bsg.client import BsgError
+from herald.engine.bsg.client import BsgClient, BsgError
 from herald.engine.errors import EventError
 from herald.engine.events import Event, parse_time
 from herald.engine.helpers.phones import normalize_phone
+from herald.engine.services import Services
 
 log = logging.getLogger("herald.incoming")
 
@@ -83,15 +84,15 @@ def _time(value: Any, now: datetime, pointer: str) -> datetime:
     return parse_time(value, pointer)
 
 
-def parse_push(payload: Any, daemon) -> list[Event]:
+def parse_push(payload: Any, services: Services) -> list[Event]:
     """`POST /sms/incoming`: one SMS or a list of them."""
     many = isinstance(payload, list)
     items = payload if many else [payload]
     if many and not items:
         raise EventError("an empty list has no SMS", "")
-    sites = daemon.config.sites
+    sites = services.config.sites
     default = next(iter(sites))
-    now = daemon.clock.now()
+    now = services.clock.now()
     events = []
     for i, item in enumerate(items):
         at = f"/{i}" if many else ""
@@ -102,50 +103,50 @@ def parse_push(payload: Any, daemon) -> list[Event]:
     return events
 
 
-def accounts(daemon) -> list[str | None]:
+def accounts(services: Services) -> list[str | None]:
     """The BSG accounts: None for the main one (bsg.api_key), then each site that has its
     own (sites.X.api_key, docs/multisite.md)."""
-    return [None, *(sid for sid, site in daemon.config.sites.items() if site.api_key is not None)]
+    return [None, *(sid for sid, site in services.config.sites.items() if site.api_key is not None)]
 
 
-def account_client(daemon, site: str | None):
+def account_client(services: Services, site: str | None) -> BsgClient | None:
     """The client of an account (None: the main one) on the endpoint in use, or None."""
-    dispatcher = daemon.dispatcher
-    if dispatcher is None or dispatcher.client is None:
+    sending = services.sending()
+    if sending is None or sending.client is None:
         return None
     if site is None:
-        return dispatcher.client
-    router = dispatcher.router
-    return dispatcher.client_for(router.pick() or router.endpoints[0], site)
+        return sending.client
+    router = sending.router
+    return sending.client_for(router.pick() or router.endpoints[0], site)
 
 
-def _account_site(daemon, account: str | None) -> str:
+def _account_site(services: Services, account: str | None) -> str:
     """The site an account's incoming SMS belong to: its own, or for the main account the
     first site without a key of its own."""
     if account is not None:
         return account
-    sites = daemon.config.sites
+    sites = services.config.sites
     return next((sid for sid, site in sites.items() if site.api_key is None), next(iter(sites)))
 
 
-async def poll_incoming(daemon, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+async def poll_incoming(services: Services, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     """Poll BSG for incoming SMS every `subscriptions.poll_incoming` (re-read after a
     reload), once per account (the main one and each site's own), each with its cursor."""
     task_status.started()
     quiet_until: dict[str | None, float] = {}
     while True:
-        interval = daemon.config.subscriptions.poll_incoming
+        interval = services.config.subscriptions.poll_incoming
         # the first poll waits an interval too: startup belongs to the messages waiting to go
         await trio.sleep(interval if interval is not None else 60.0)
         if interval is None:
             continue
-        for account in accounts(daemon):
-            client = account_client(daemon, account)
+        for account in accounts(services):
+            client = account_client(services, account)
             if client is None or trio.current_time() < quiet_until.get(account, 0.0):
                 continue
             name = f"site {account}'s BSG account" if account else "the BSG account"
             try:
-                count = await poll_once(daemon, client, account)
+                count = await poll_once(services, client, account)
                 if count:
                     log.info("incoming SMS (%s): %d new", name, count)
             except BsgError as exc:
@@ -157,16 +158,16 @@ async def poll_incoming(daemon, *, task_status: trio.TaskStatus = trio.TASK_STAT
                     log.info("incoming SMS not read (%s): %s", name, exc)
 
 
-async def poll_once(daemon, client, account: str | None = None) -> int:
+async def poll_once(services: Services, client: BsgClient, account: str | None = None) -> int:
     """One poll of one account (None: the main one): journal what is new; the number of
     new events. Each account has its own cursor."""
-    now = daemon.clock.now().astimezone(timezone.utc)
+    now = services.clock.now().astimezone(timezone.utc)
     cursor_key = CURSOR if account is None else (CURSOR[0], f"{CURSOR[1]}:{account}")
-    stored = await daemon.db(daemon.store.get_cursor, *cursor_key)
+    stored = await services.db(services.store.get_cursor, *cursor_key)
     since = datetime.fromisoformat(stored) if stored else now - FIRST_LOOK_BACK
     items = await client.incoming((since - OVERLAP).strftime(BSG_TIME),
                                   (now + timedelta(minutes=1)).strftime(BSG_TIME))
-    site = _account_site(daemon, account)
+    site = _account_site(services, account)
     events = []
     for item in items:
         try:
@@ -178,5 +179,5 @@ async def poll_once(daemon, client, account: str | None = None) -> int:
             log.warning("incoming SMS %s skipped: %s", item.get("id"), exc)
     newest = max([since, *(e.time for e in events)])
     cursor = (*cursor_key, newest.isoformat())
-    accepted = await daemon.accept(events, "bsg-incoming", cursor)
+    accepted = await services.accept(events, "bsg-incoming", cursor)
     return sum(1 for _, new in accepted if new)

@@ -11,7 +11,7 @@ Guards against SMS pumping (someone making Herald text premium numbers for them,
 docs/subscriptions.md "Threat: SMS pumping"): the list must be configured; the number
 must be a mobile one (by its line type) of a country allowed for the site; a list may ask
 for a CAPTCHA token, checked by a verifier (fail closed); code requests are limited per
-client address (the connection's, engine/api/client_address.py), per phone, per country
+client address (the connection's, engine/helpers/client_address.py), per phone, per country
 calling code and in total (sliding windows kept in the store, so a restart does not reset
 them); a code takes a few wrong guesses and then is void, and it expires. Every refusal
 is one log line (the number masked) and a count in GET /health. A confirmed subscription
@@ -40,7 +40,7 @@ import httpx
 import phonenumbers
 import trio
 
-from herald.engine.api.client_address import limit_key
+from herald.engine.helpers.client_address import limit_key
 from herald.engine.errors import HeraldError, did_you_mean
 from herald.engine.events import Event
 from herald.engine.helpers.phones import NUMBER_TYPES, describe_type, mask_phone, normalize_phone, number_type

@@ -1,5 +1,8 @@
 """The commands that talk to a running daemon (emit, reload, send, balance) or read
-its store (history, trace)."""
+its store (history, trace).
+
+The store and the timeline are imported by the commands that read them, inside the
+function: a client command (`herald emit`) starts without loading SQLite's store."""
 
 from __future__ import annotations
 
@@ -12,8 +15,10 @@ from urllib.parse import quote
 
 import httpx
 
+from herald.engine.cli import campaigns as campaign_cli
 from herald.engine.config import load_config
 from herald.engine.errors import HeraldError
+from herald.engine.events import parse_time
 
 
 def _api(args) -> tuple[httpx.Client, object]:
@@ -153,7 +158,6 @@ def cmd_unsubscribe(args) -> int:
 
 
 def cmd_campaign(args) -> int:
-    from herald.engine.cli import campaigns as campaign_cli
     return campaign_cli.run(args, _call, _print_error)
 
 
@@ -171,7 +175,6 @@ HISTORY_COLUMNS = ("id", "created_at", "state", "channel", "to", "rule", "text",
 
 
 def cmd_history(args) -> int:
-    from herald.engine.events import parse_time
     store = _store(args)
     since = parse_time(args.since, "--since") if args.since else None
     rows = store.messages(state=args.status, phone=args.phone, rule=args.rule, event=args.event,

@@ -1,9 +1,14 @@
-"""The `herald` command line (CONFIG.md "Commands")."""
+"""The `herald` command line (CONFIG.md "Commands").
+
+Each command imports what it runs inside its function: the daemon, the rule compiler
+and the store cost a second of start-up, which `herald emit` or `herald balance` should
+not pay (and `herald fake-bsg` needs none of them)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -189,7 +194,6 @@ def _reader_went_away() -> int:
     """`herald timeline … | head`: the reader closed the pipe. Stop quietly, as `git log`
     does; stdout is pointed at /dev/null so the interpreter's final flush cannot raise
     again (and print a traceback) on the way out."""
-    import os
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

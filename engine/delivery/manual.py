@@ -10,12 +10,15 @@ from herald.engine.audience.directory import known_names, lookup
 from herald.engine.errors import EventError, did_you_mean
 from herald.engine.events import Event, EventScope, merge_previous
 from herald.engine.helpers.windows import parse_window
+from herald.engine.rules.evaluate import PlannedMessage
+from herald.engine.services import Services
+from herald.engine.store.timeline import UnknownEntity, entity_key, resolve_id
 from herald.grammar.model import EventTrigger, Recipient, Rule, Send
 
 CHANNELS = ("sms", "viber", "omni")
 
 
-def build_send(payload: Any, daemon, default_to: tuple[Recipient, ...] = ()) -> tuple[Send, str, Mapping]:
+def build_send(payload: Any, services: Services, default_to: tuple[Recipient, ...] = ()) -> tuple[Send, str, Mapping]:
     if not isinstance(payload, Mapping):
         raise EventError("a manual send is a JSON object: {to | department | group, text | template, channel?, site?, "
                          "sender?, data?, now?}",
@@ -27,15 +30,15 @@ def build_send(payload: Any, daemon, default_to: tuple[Recipient, ...] = ()) -> 
     text, template = payload.get("text"), payload.get("template")
     if (text is None) == (template is None):
         raise EventError("give either text or template", "/text")
-    if template is not None and daemon.project.templates.get(str(template)) is None:
+    if template is not None and services.project.templates.get(str(template)) is None:
         raise EventError(f"unknown template {template!r}", "/template")
     if text is not None and not isinstance(text, str):
         raise EventError("text must be a string", "/text")
-    site = payload.get("site", next(iter(daemon.config.sites)))
-    if not isinstance(site, str) or site not in daemon.config.sites:
+    site = payload.get("site", next(iter(services.config.sites)))
+    if not isinstance(site, str) or site not in services.config.sites:
         raise EventError(f"unknown site {site!r}", "/site")
     sender = payload.get("sender")
-    if sender is not None and sender not in (*daemon.config.senders.sms, *daemon.config.senders.viber):
+    if sender is not None and sender not in (*services.config.senders.sms, *services.config.senders.viber):
         raise EventError(f"sender {sender!r} is not among the configured senders", "/sender")
     data = payload.get("data") or {}
     if not isinstance(data, Mapping):
@@ -91,7 +94,7 @@ class Unresolvable(EventError):
 _DIRECTORY_DOWN = ("the Bitrix database failed", "the directory failed")
 
 
-def check_resolvable(daemon, send: Send, payload: Any) -> None:
+def check_resolvable(services: Services, send: Send, payload: Any) -> None:
     """In the database thread (a Bitrix lookup blocks): raise Unresolvable when every
     recipient is a department or group the directory does not know."""
     named = [r for r in send.recipients if r.kind in ("department", "group")]
@@ -99,12 +102,12 @@ def check_resolvable(daemon, send: Send, payload: Any) -> None:
         return
     problems = []
     for r in named:
-        found = lookup(daemon.directory, r.kind, r.value)
+        found = lookup(services.directory, r.kind, r.value)
         if not found.error or found.error.startswith(_DIRECTORY_DOWN):
             return
         problems.append((r, found.error))
     r, error = problems[0]
-    hint = did_you_mean(r.value, known_names(daemon.directory, r.kind) or ())
+    hint = did_you_mean(r.value, known_names(services.directory, r.kind) or ())
     message = f'{r.kind} "{r.value}": {error}'
     if len(problems) > 1:
         message += f" (and {len(problems) - 1} more: no recipient could be found)"
@@ -120,59 +123,58 @@ def _pointer(payload: Any, kind: str, name: str) -> str:
     return f"/{kind}"
 
 
-async def manual_send(daemon, payload: Any) -> list[dict]:
+async def manual_send(services: Services, payload: Any) -> list[dict]:
     """Plan and queue a manual send; each recipient's own result as written: id, to,
     recipient, state (queued, deferred, or failed with the reason), send_at. Raises
     Unresolvable when no recipient can be found."""
-    send, site_id, data = build_send(payload, daemon)
-    await daemon.db(check_resolvable, daemon, send, payload)
-    results = await daemon.db(_plan_and_queue, daemon, send, site_id, lambda: data, None)
-    daemon.dispatch_wake.set()
+    send, site_id, data = build_send(payload, services)
+    await services.db(check_resolvable, services, send, payload)
+    results = await services.db(_plan_and_queue, services, send, site_id, lambda: data, None)
+    services.wakes.dispatch.set()
     return results
 
 
-async def order_send(daemon, order_id: str, payload: Any) -> list[dict]:
+async def order_send(services: Services, order_id: str, payload: Any) -> list[dict]:
     """Send from an order (`herald send --order 42`, POST /orders/{id}/messages): rendered
     with the order's latest known state (its data overlaid by the payload's `data`), to
     the order's customer by default, and linked to the order (its timeline shows it).
     Raises UnknownEntity when Herald has no state for that order on that site."""
-    from herald.engine.store.timeline import UnknownEntity, entity_key, resolve_id
 
-    send, site_id, extra = build_send(payload, daemon, default_to=(Recipient("path", ("customer", "phone")),))
-    await daemon.db(check_resolvable, daemon, send, payload)
+    send, site_id, extra = build_send(payload, services, default_to=(Recipient("path", ("customer", "phone")),))
+    await services.db(check_resolvable, services, send, payload)
     # the internal id, or else the order whose public number it is (A-42: what staff type)
-    internal, _ = await daemon.db(resolve_id, daemon.store, "order", str(order_id), site_id)
+    internal, _ = await services.db(resolve_id, services.store, "order", str(order_id), site_id)
     key = entity_key("order", internal, site_id)
 
     def data() -> Mapping:
-        state = daemon.store.get_state(key)
+        state = services.store.get_state(key)
         if state is None:
             raise UnknownEntity(f"no order {order_id} on site {site_id}: Herald has not seen an event about it "
                                 "(by id or by number)")
         return merge_previous(state, extra)
 
-    results = await daemon.db(_plan_and_queue, daemon, send, site_id, data, key)
-    daemon.dispatch_wake.set()
+    results = await services.db(_plan_and_queue, services, send, site_id, data, key)
+    services.wakes.dispatch.set()
     return results
 
 
-def _plan_and_queue(daemon, send: Send, site_id: str, data: Callable[[], Mapping],
+def _plan_and_queue(services: Services, send: Send, site_id: str, data: Callable[[], Mapping],
                     entity: str | None) -> list[dict]:
     """In the database thread: plan the send against `data()` and write its messages
     (linked to `entity` when given) in one transaction."""
-    now = daemon.clock.now()
+    now = services.clock.now()
     event = Event("manual", data(), site_id, "manual-" + uuid.uuid4().hex[:16], now)
     rule = Rule("manual", None, EventTrigger("manual"), None, None, None, (send,))
-    evaluator = daemon._evaluator()
+    evaluator = services.evaluator()
     planned = evaluator.plan_send(rule, send, event, EventScope(event), evaluator.site(site_id), now)
     results = []
-    with daemon.store.transaction():
+    with services.store.transaction():
         for m in planned:
-            message_id = daemon._enqueue(m, site_id, None, kind="manual")
+            message_id = services.enqueue(m, site_id, None, kind="manual")
             if entity is not None:
-                daemon.store.update_message(message_id, entity=entity)
+                services.store.update_message(message_id, entity=entity)
             if m.status == "deferred":      # why it waits, kept after the reason is cleared by the send
-                daemon.store.add_attempt(message_id, "defer", "deferred", detail=m.reason)
+                services.store.add_attempt(message_id, "defer", "deferred", detail=m.reason)
             results.append(_result(message_id, m))
     return results
 
@@ -185,7 +187,7 @@ def send_answer(results: list[dict]) -> dict:
             "messages": results}
 
 
-def _result(message_id: int, m) -> dict:
+def _result(message_id: int, m: PlannedMessage) -> dict:
     state = {"planned": "queued"}.get(m.status, m.status)
     return {"id": message_id, "to": m.to, "recipient": m.recipient, "state": state, "reason": m.reason,
             "send_at": m.send_at.isoformat()}

@@ -1,15 +1,28 @@
-"""When a schedule trigger fires next, in a site's time zone."""
+"""When a schedule trigger fires next, in a site's time zone.
+
+Pure date arithmetic beside the grammar that defines the triggers: the model's
+`ScheduleTrigger.next_fire` and the compiler's cron check use it, and it imports
+nothing of the engine's runtime (grammar stays below the engine)."""
 
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
+from typing import Protocol
 
 from croniter import croniter
 
-from herald.grammar.model import ScheduleTrigger
+
+class Schedule(Protocol):
+    """What `next_fire` reads of a trigger (grammar/model.py's `ScheduleTrigger`, which
+    imports this module: a Protocol here keeps the two without a cycle)."""
+
+    kind: str                       # "interval" | "daily" | "cron"
+    interval: timedelta | None
+    times: tuple[str, ...]
+    cron: str | None
 
 
-def next_fire(trigger: ScheduleTrigger, after: datetime) -> datetime:
+def next_fire(trigger: Schedule, after: datetime) -> datetime:
     """The first firing strictly after `after`, an aware datetime in the site's zone.
 
     `every 15m` is aligned to the wall clock (:00, :15, :30 …) so that every site and
