@@ -827,7 +827,7 @@ PROFILE_PARTS = (   # first match wins; markers are substrings of py-spy's colla
     ("BSG exchange traces", ("Dispatcher._flush_exchanges", "Dispatcher._record_exchange", "BsgClient._trace")),
     ("dispatcher: claim, send, apply", ("Dispatcher._send", "Store.claim_due", "Dispatcher._apply_results",
                                         "Store.next_due")),
-    ("processor (_process_batch)", ("Daemon._process_batch",)),
+    ("processor (process_batch)", ("Processor.process_batch",)),
     ("intake: journal commit", ("Store.add_events",)),
     ("intake: HTTP (hypercorn, starlette, parse)", ("hypercorn/", "starlette/", "post_events", "h11/")),
     ("trio: scheduler, thread hand-off", ("trio/",)),

@@ -12,13 +12,10 @@ runs in a worker thread, one call at a time, in batches.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import signal
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
-from zoneinfo import ZoneInfo
 
 import trio
 
@@ -27,7 +24,7 @@ from herald.engine.api.routes import serve_api
 from herald.engine.audience.campaigns import Feeder
 from herald.engine.audience.directory import open_directory
 from herald.engine.audience.incoming import poll_incoming
-from herald.engine.audience.subscriptions import Refusals, SubscribedDirectory, apply_rule_actions
+from herald.engine.audience.subscriptions import Refusals, SubscribedDirectory
 from herald.engine.audience.subscriptions import health as subscriptions_health
 from herald.engine.config import Config, load_config
 from herald.engine.delivery.alerts import Alerter
@@ -38,24 +35,17 @@ from herald.engine.events import Event, parse_event
 from herald.engine.intake import ConnectorStatus, Context
 from herald.engine.logs import setup_logging
 from herald.engine.redaction import secret_values
-from herald.engine.rules.evaluate import Delayed, Evaluator, PlannedMessage, RuleRun
+from herald.engine.rules.evaluate import Evaluator, PlannedMessage
 from herald.engine.rules.loader import Project, load_project
-from herald.engine.runtime import Clock, Pulse, VirtualClock  # noqa: F401  (VirtualClock: the daemon's public clocks)
+from herald.engine.processor import Processor, Scheduler, Timers
+from herald.engine.runtime import Clock
 from herald.engine.services import Loaded, Services, Wakes
 from herald.engine.store import Store
-from herald.grammar.model import Rule
 
 log = logging.getLogger("herald")
 
-EVENT_BATCH = 200
-
-
 class StartupError(HeraldError):
     """The daemon cannot start: one clear line for the operator."""
-
-
-def rule_version(rule: Rule) -> str:
-    return hashlib.sha1(rule.canonical().encode()).hexdigest()[:12]
 
 
 class Daemon:
@@ -85,7 +75,6 @@ class Daemon:
         self.feeder: Feeder | None = None
         self.services: Services | None = None      # built by `run` once the store is open
         self.backup_transports: dict = {}     # tests: httpx transports for backup endpoints by name
-        self.versions: dict[str, str] = {}
         self.subscription_refusals = Refusals()   # POST /subscriptions refusals, for GET /health
 
     # ---- blocking work, one call at a time ----
@@ -106,7 +95,6 @@ class Daemon:
     # ---- start and stop ----
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         self.project = await trio.to_thread.run_sync(load_project, self.config)
-        self.versions = {r.id: rule_version(r) for r in self.project.rules}
         for warning in self.project.warnings:
             log.warning("%s", warning.format())
         self.store = await trio.to_thread.run_sync(Store, self.config.store)
@@ -117,9 +105,10 @@ class Daemon:
                 await nursery.start(self.alerter.run, self.db)
                 self.dispatcher = Dispatcher(self)
                 await nursery.start(self.dispatcher.run)      # BSG (or the sandbox) first
-                await nursery.start(self._processor)
-                await nursery.start(self._timers)
-                await nursery.start(self._scheduler)
+                processor = Processor(services)
+                await nursery.start(processor.run)              # journal → firings → outbox
+                await nursery.start(Timers(services, processor).run)   # `after`
+                await nursery.start(Scheduler(services).run)    # `every`, `cron`
                 await self._start_connectors(nursery)
                 await nursery.start(poll_incoming, services)     # incoming SMS (subscriptions.poll_incoming)
                 self.feeder = Feeder(services)
@@ -187,123 +176,12 @@ class Daemon:
         self.events_wake.set()
         return result
 
-    # ---- processing ----
-    async def _processor(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            count = await self.db(self._process_batch)
-            if count:
-                self.dispatch_wake.set()
-                self.timers_wake.set()
-                continue
-            await self.events_wake.wait(1.0)
-
+    # ---- what the services offer ----
     def _evaluator(self) -> Evaluator:
         return Evaluator(self.project, state=self.store, directory=SubscribedDirectory(self.directory, self.store))
 
     def _enqueue(self, m: PlannedMessage, site: str, firing_id: int | None = None, kind: str = "rule") -> int:
         return enqueue(self.store, self.config.sites, m, site, firing_id, kind)
-
-    def _process_batch(self) -> int:
-        """Process pending journal events: firings, messages, timers and entity state are
-        committed with the events' `done` mark, or not at all."""
-        store = self.store
-        events = store.pending_events(EVENT_BATCH)
-        if not events:
-            return 0
-        evaluator = self._evaluator()
-        now = self.clock.now()
-        with store.transaction():
-            for event in events:
-                if event.type == "schedule" and isinstance(event.data.get("schedule"), Mapping):
-                    runs, delayed = self._schedule_runs(evaluator, event), []
-                else:
-                    runs, delayed = evaluator.process(event, now)
-                for run in runs:
-                    self._record_run(run, event, now)
-                for item in delayed:
-                    store.add_timer(item.rule_id, item.event.id, item.due, item.previous)
-            store.mark_events_done(e.id for e in events)
-        return len(events)
-
-    def _schedule_runs(self, evaluator: Evaluator, event: Event) -> list[RuleRun]:
-        rule = self.project.rule(str(event.data["schedule"].get("rule")))
-        if rule is None:
-            return []
-        return [evaluator.run(rule, event, event.time, event.data)]
-
-    def _record_run(self, run: RuleRun, event: Event, now: datetime) -> None:
-        store = self.store
-        trace = run.as_json()
-        trace["event"] = event.id
-        version = self.versions.get(run.rule.id) or rule_version(run.rule)
-        firing_id = store.add_firing(event.id, run.rule.id, version, run.fired, run.reason, trace, now)
-        for m in run.messages:
-            self._enqueue(m, event.site, firing_id)
-        if run.subscriptions:               # `subscribe` / `unsubscribe` actions, in the same transaction
-            apply_rule_actions(store, run.subscriptions, event.site, now)
-
-    # ---- timers (`after`) ----
-    async def _timers(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            count = await self.db(self._run_due_timers)
-            if count:
-                self.dispatch_wake.set()
-                continue
-            due = await self.db(self.store.next_timer_due)
-            wait = 60.0 if due is None else (due - self.clock.now()).total_seconds()
-            await self.timers_wake.wait(min(wait, 60.0))
-
-    def _run_due_timers(self) -> int:
-        store = self.store
-        now = self.clock.now()
-        timers = store.due_timers(now)
-        if not timers:
-            return 0
-        evaluator = self._evaluator()
-        with store.transaction():
-            for timer in timers:
-                event = store.event(timer["event_id"])
-                if event is None:
-                    store.finish_timer(timer["id"], "cancelled", "its event is no longer in the journal")
-                    continue
-                previous = _loads(timer["previous"])
-                item = Delayed(timer["rule_id"], event, datetime.fromtimestamp(timer["due"], timezone.utc), previous)
-                run = evaluator.run_delayed(item, now)
-                if self.project.rule(item.rule_id) is None:
-                    store.finish_timer(timer["id"], "cancelled", run.reason)
-                    continue
-                self._record_run(run, event, now)
-                store.finish_timer(timer["id"], "done", run.reason)
-        return len(timers)
-
-    # ---- schedules ----
-    async def _scheduler(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            generation = self.generation
-            upcoming = self._next_schedule()
-            if upcoming is None:
-                await self.reloaded.wait(3600)
-                continue
-            when, rule, site_id = upcoming
-            await self.reloaded.wait((when - self.clock.now()).total_seconds())
-            if self.generation != generation or self.clock.now() < when:
-                continue                     # rules changed, or woken early: compute again
-            event = Event("schedule", {"schedule": {"rule": rule.id, "time": when.isoformat()}}, site_id,
-                          f"schedule:{rule.id}:{site_id}:{when.isoformat()}", when)
-            await self.accept([event], "schedule")
-
-    def _next_schedule(self) -> tuple[datetime, Rule, str] | None:
-        now = self.clock.now()
-        best = None
-        for rule in self.project.matcher.schedules:
-            for site_id, site in self.config.sites.items():
-                when = rule.trigger.next_fire(now.astimezone(ZoneInfo(site.timezone)))
-                if best is None or when < best[0]:
-                    best = (when, rule, site_id)
-        return best
 
     # ---- connectors ----
     async def _start_connectors(self, nursery: trio.Nursery) -> None:
@@ -357,7 +235,6 @@ class Daemon:
         self.config, self.project = config, project
         if self.alerter is not None:
             self.alerter.config = config
-        self.versions = {r.id: rule_version(r) for r in project.rules}
         self.generation += 1
 
     # ---- health ----
@@ -408,10 +285,6 @@ def _first(exc: BaseException, kind: type) -> BaseException | None:
         if found is not None:
             return found
     return None
-
-
-def _loads(text: str | None) -> Any:
-    return json.loads(text) if text else None
 
 
 def run_daemon(config_path: str | None, log_format: str = "text") -> int:
