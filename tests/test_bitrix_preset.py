@@ -22,7 +22,7 @@ import pytest
 import trio
 from ruamel.yaml import YAML
 
-from herald.connectors.bitrix import DEFAULT_SOURCES
+from herald.connectors.sql.bitrix import DEFAULT_SOURCES
 from herald.connectors.sql import SqlConnector
 from herald.engine.config import ConnectorConfig, Secret, load_config
 from herald.engine.errors import ConfigError

@@ -35,6 +35,7 @@ import httpx
 import trio
 
 from herald.engine.audience.directory import phone_field
+from herald.engine.errors import Bitrix24RestError as RestError, HookError
 from herald.engine.helpers.phones import normalize_phone
 
 # Bitrix24 event → canonical event type, and the object its id goes to.
@@ -59,20 +60,6 @@ NOT_CONFIGURED = ("Bitrix24 webhooks are off: add a bitrix24: section to herald.
 
 _NAME = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _SEGMENT = re.compile(r"\[([^\[\]]*)\]")
-
-
-class HookError(Exception):
-    """A refused post: the HTTP status, what is wrong and, where it is one field, which."""
-
-    def __init__(self, status: int, message: str, field: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.field = status, message, field
-
-    def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        return body
 
 
 def parse_form(body: bytes, content_type: str | None = FORM_TYPE) -> dict[str, Any]:
@@ -202,10 +189,6 @@ PHONE_ORDER = ("PERSONAL_MOBILE", "WORK_PHONE", "PERSONAL_PHONE")
 USER_PAGE = 50          # user.get answers at most 50 users a call
 
 log = logging.getLogger("herald.http")
-
-
-class RestError(Exception):
-    """A failed REST call. The message names the method and what went wrong, never the URL."""
 
 
 def rest_token(url: str) -> str:

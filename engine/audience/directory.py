@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from herald.engine.errors import ConfigError, DiagnosticSink, Location, did_you_mean
+from herald.engine.helpers.drivers import DRIVERS, missing_driver
 from herald.engine.helpers.phones import normalize_phone
 
 log = logging.getLogger("herald")
@@ -725,13 +726,13 @@ def check_bitrix_url(text: str, base_dir: Path | None = None) -> tuple[str | Non
     except (ArgumentError, ValueError):
         return "it is not a database URL", None
     try:
-        dialect = u.get_dialect()
+        u.get_dialect()
     except NoSuchModuleError:
-        return f'unknown database type "{u.drivername}"', None
-    try:
-        dialect.import_dbapi()
-    except ImportError as exc:
-        return f'the driver for "{u.drivername}" is not installed ({exc.name or exc})', None
+        if u.get_backend_name() not in DRIVERS:
+            return f'unknown database type "{u.drivername}"', None
+    missing = missing_driver(u)
+    if missing is not None:
+        return "; ".join(missing), None
     if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:") \
             and not u.database.startswith("file:") and base_dir is not None:
         p = Path(u.database).expanduser()

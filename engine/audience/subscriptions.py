@@ -40,7 +40,7 @@ import trio
 
 from herald.engine.api.client_address import limit_key
 from herald.engine.config.subscriptions import OTHER_COUNTRIES
-from herald.engine.errors import HeraldError, did_you_mean
+from herald.engine.errors import SubscriptionError, did_you_mean
 from herald.engine.events import Event
 from herald.engine.helpers.phones import describe_type, mask_phone, normalize_phone, number_type
 
@@ -51,31 +51,6 @@ PROOF_FIELD = "captcha"   # the request field that carries the CAPTCHA token
 PROOF_MAX = 4096          # bytes of a token (Turnstile's are at most 2,048)
 PROOF_RETRY = 30          # seconds: Retry-After when the verifier cannot be asked
 TOTAL_KEY = "codes:all"   # the rate_hits key of the overall cap (and of /health's count)
-
-
-class SubscriptionError(HeraldError):
-    """A request that cannot be served: an HTTP status, a message, a JSON pointer; `reason`
-    names a refusal for the logs and /health, `limit` the cap that was hit, `retry_after`
-    the seconds until asking again can succeed."""
-
-    def __init__(self, status: int, message: str, pointer: str | None = None, *, reason: str = "invalid",
-                 limit: str | None = None, retry_after: int | None = None):
-        super().__init__(message)
-        self.status, self.message, self.pointer = status, message, pointer
-        self.reason, self.limit, self.retry_after = reason, limit, retry_after
-
-    def as_json(self) -> dict:
-        body: dict[str, Any] = {"error": self.message, "reason": self.reason}
-        if self.pointer is not None:
-            body["pointer"] = self.pointer
-        if self.limit is not None:
-            body["limit"] = self.limit
-        if self.retry_after is not None:
-            body["retry_after"] = self.retry_after
-        return body
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
 
 
 # ---- the requests ------------------------------------------------------------------------
