@@ -1,4 +1,4 @@
-"""The Bitrix preset of the SQL connector (connectors/bitrix.py) on a Bitrix-shaped
+"""The Bitrix preset of the SQL connector (connectors/sql/bitrix/) on a Bitrix-shaped
 database (tests/bitrix_schema.py).
 
 The acceptance test: a Bitrix-shaped MariaDB gets a new order, a payment, status

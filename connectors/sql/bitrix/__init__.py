@@ -15,7 +15,7 @@ Sources (facts from shared/spec/BITRIX.md; user documentation docs/connectors/bi
 
 | source | table | mode, cursor | events |
 |---|---|---|---|
-| `mail` | `b_event` | append, `ID` | `mail.<EVENT_NAME>` for every row; sale mails also `order.*` / `shipment.*` (bitrix_codec) |
+| `mail` | `b_event` | append, `ID` | `mail.<EVENT_NAME>` for every row; sale mails also `order.*` / `shipment.*` (codec.py) |
 | `orders` | `b_sale_order` | snapshot, (`DATE_UPDATE`, `ID`) | `order.created` / `order.updated` |
 | `shipments` | `b_sale_order_delivery` (not `SYSTEM='Y'`) | snapshot, (`DATE_UPDATE`, `ID`) | `shipment.created` / `shipment.updated` |
 | `users` | `b_user` | append, `ID` | `user.created` |
