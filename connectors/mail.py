@@ -1,6 +1,6 @@
 """Mail → event: how an intercepted e-mail becomes a `mail.<EVENT_NAME>` event.
 
-Pure functions and small value classes — no I/O; the IMAP connector (connectors/imap.py)
+Pure functions and small value classes — no I/O; the IMAP connector (connectors/imap/)
 feeds raw messages in. User documentation: docs/connectors/imap.md.
 
 - The **event name** comes from the `X-EVENT_NAME` header that every Bitrix mail
