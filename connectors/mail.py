@@ -1,6 +1,6 @@
 """Mail → event: how an intercepted e-mail becomes a `mail.<EVENT_NAME>` event.
 
-Pure functions and small value classes — no I/O; the IMAP connector (connectors/imap.py)
+Pure functions and small value classes — no I/O; the IMAP connector (connectors/imap/)
 feeds raw messages in. User documentation: docs/connectors/imap.md.
 
 - The **event name** comes from the `X-EVENT_NAME` header that every Bitrix mail
@@ -41,6 +41,8 @@ from typing import Any, Callable, Mapping
 
 from inscriptis import get_text
 
+from herald.engine.errors import MailOptionError as OptionError, MailRejected as Rejected
+
 __all__ = ["Mail", "Matcher", "Extractor", "MailMapping", "Rejected", "parse_mail", "mail_digest",
            "DEFAULT_HEADER", "DEFAULT_TEXT_LIMIT", "REASONS"]
 
@@ -54,14 +56,6 @@ _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LINE = re.compile(r"^\s*([^:\n]{1,60}?)\s*:\s*(.*?)\s*$", re.M)
 _ENCODED_WORD = re.compile(r"=\?([^?*\s]+)(?:\*[^?\s]*)?\?[bBqQ]\?")
 _DECODED_HEADERS = ("subject", "from", "to", "cc")
-
-
-class Rejected(Exception):
-    """A mail that gives no event: `reason` is one of REASONS, `detail` says more."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        self.reason, self.detail = reason, detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 # ====================================================================== a parsed mail
@@ -338,14 +332,6 @@ def _head(raw: bytes) -> bytes:
 
 
 # ====================================================================== options
-
-class OptionError(Exception):
-    """One problem with a mapping option: `path` locates it inside the connector entry."""
-
-    def __init__(self, message: str, *path: Any, hint: str | None = None, key: bool = False):
-        super().__init__(message)
-        self.message, self.path, self.hint, self.key = message, path, hint, key
-
 
 MATCH_KEYS = ("event", "from", "to", "subject", "headers")
 EXTRACT_KEYS = ("subject", "text", "lines", "events")

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from herald.engine.config import ConnectorConfig, Secret
+from herald.engine.config import ConnectorConfig, Secret, _yaml
 from herald.engine.errors import Diagnostic, Location
 
 
@@ -70,7 +70,6 @@ class Locator:
         loc = self.config.location
         if loc is None or loc.line <= 0:
             return None
-        from herald.engine.config import _yaml
         candidates = [Path(loc.file)]
         if self.config.base_dir is not None:
             candidates.append(self.config.base_dir / Path(loc.file).name)

@@ -22,7 +22,7 @@ import trio
 from herald import connectors
 from herald.engine.api.routes import serve_api
 from herald.engine.audience.campaigns import Feeder
-from herald.engine.audience.directory import open_directory
+from herald.engine.directory import open_directory
 from herald.engine.audience.incoming import poll_incoming
 from herald.engine.audience.subscriptions import Refusals, SubscribedDirectory
 from herald.engine.audience.subscriptions import health as subscriptions_health

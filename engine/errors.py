@@ -3,6 +3,24 @@
 Every input boundary (rule files, templates, config, events) reports problems as
 `Diagnostic`s: where (`FILE:LINE:COL` or a JSON pointer), what, and what to do.
 A load collects all of them before raising, so an author fixes everything in one go.
+
+Every exception class of Herald's derives from `HeraldError`, and each says when it is
+raised (httpx's `_exceptions.py` is the model). The modules that raise one re-export it
+under its old name where callers import it from there.
+
+    HeraldError
+    ├── LoadError                  input could not be loaded (diagnostics)
+    │   ├── ConfigError            the config file, a secret, an environment variable
+    │   └── RulesError             rule files or templates
+    ├── EventError                 a malformed incoming event (JSON pointer)
+    ├── SourceRowError             a SQL row gave an event Herald refuses
+    ├── SubscriptionError          a subscription request that cannot be served
+    ├── BitrixDecodeError          C_FIELDS of a Bitrix mail event cannot be decoded
+    ├── MailRejected               a mail that gives no event (IMAP connector)
+    ├── MailOptionError            a wrong mail-mapping option (IMAP connector)
+    ├── HookError                  a refused Bitrix24 webhook post
+    ├── Bitrix24RestError          a failed call of Bitrix24's REST API
+    └── FakeBsgRejection           the built-in fake BSG refuses a whole request
 """
 
 from __future__ import annotations
@@ -11,7 +29,7 @@ import difflib
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +117,99 @@ class EventError(HeraldError):
 
     def as_json(self) -> dict:
         return {"error": self.message, "pointer": self.pointer}
+
+
+class SourceRowError(HeraldError):
+    """Raised by the SQL connector's poll (connectors/sql/connector.py) when a row gives an
+    event Herald refuses (an EventError from the journal): that source waits at the row,
+    the other sources go on, and /health shows the message."""
+
+
+class SubscriptionError(HeraldError):
+    """Raised by herald.engine.audience.subscriptions when a subscription request cannot be
+    served: an HTTP status, a message, a JSON pointer; `reason` names a refusal for the logs
+    and /health, `limit` the cap that was hit, `retry_after` the seconds until asking again
+    can succeed."""
+
+    def __init__(self, status: int, message: str, pointer: str | None = None, *, reason: str = "invalid",
+                 limit: str | None = None, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.message, self.pointer = status, message, pointer
+        self.reason, self.limit, self.retry_after = reason, limit, retry_after
+
+    def as_json(self) -> dict:
+        body: dict[str, Any] = {"error": self.message, "reason": self.reason}
+        if self.pointer is not None:
+            body["pointer"] = self.pointer
+        if self.limit is not None:
+            body["limit"] = self.limit
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return body
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+class BitrixDecodeError(HeraldError):
+    """Raised by `decode_c_fields` (connectors/sql/bitrix/php.py) and the mail mapping when
+    C_FIELDS (or a mail event) could not be decoded. `offset` is the byte offset in the raw
+    C_FIELDS where the problem is, when known."""
+
+    def __init__(self, message: str, offset: int | None = None):
+        self.message = message
+        self.offset = offset
+        super().__init__(f"cannot decode Bitrix C_FIELDS: {message}")
+
+
+class MailRejected(HeraldError):
+    """Raised by the mail mapping (connectors/mail.py) for a mail that gives no event:
+    `reason` is one of its REASONS, `detail` says more. The IMAP connector records it."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class MailOptionError(HeraldError):
+    """Raised while reading a mail mapping's options (connectors/mail.py) for one problem
+    with a mapping option: `path` locates it inside the connector entry."""
+
+    def __init__(self, message: str, *path: Any, hint: str | None = None, key: bool = False):
+        super().__init__(message)
+        self.message, self.path, self.hint, self.key = message, path, hint, key
+
+
+class HookError(HeraldError):
+    """Raised while decoding a Bitrix24 outbound-webhook post (engine/api/bitrix24.py) that is
+    refused: the HTTP status, what is wrong and, where it is one field, which."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class Bitrix24RestError(HeraldError):
+    """Raised by a call of Bitrix24's REST API (engine/api/bitrix24.py) that failed: an HTTP
+    failure, Bitrix24's `error`, an answer that is not JSON. The message names the method
+    and what went wrong, never the URL (it holds the webhook's token)."""
+
+
+class FakeBsgRejection(HeraldError):
+    """Raised inside the built-in fake BSG (engine/bsg/fake.py) when it refuses a whole
+    request; answered as HTTP 200 with a top-level `error` of BSG error `code` (the fake's
+    ERRORS name them)."""
+
+    def __init__(self, code: int, reference: object = None):
+        self.code = code
+        self.reference = reference
+        super().__init__(f"BSG error {code}")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from herald.engine.runtime import Pulse
 if TYPE_CHECKING:
     import trio
 
-    from herald.engine.audience.directory import Directory
+    from herald.engine.directory import Directory
     from herald.engine.audience.subscriptions import Refusals
     from herald.engine.bsg.client import BsgClient
     from herald.engine.config import Config

@@ -165,7 +165,7 @@ class BitrixShop:
             if "b_sale_order" not in skip:
                 conn.execute(sa.text("CREATE UNIQUE INDEX ixs_account_number ON b_sale_order (ACCOUNT_NUMBER)"))
         if statuses and "b_sale_status" not in skip:
-            from herald.connectors.bitrix_codec import DEFAULT_ORDER_STATUSES, DEFAULT_SHIPMENT_STATUSES
+            from herald.connectors.sql.bitrix.codec import DEFAULT_ORDER_STATUSES, DEFAULT_SHIPMENT_STATUSES
             names = {**DEFAULT_ORDER_STATUSES, **DEFAULT_SHIPMENT_STATUSES}
             for i, (code, kind) in enumerate(ORDER_STATUSES):
                 self.insert("b_sale_status", ID=code, TYPE=kind, NOTIFY="Y", SORT=(i + 1) * 10)

@@ -10,7 +10,7 @@ import phpserialize
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from herald.connectors.bitrix_codec import (
+from herald.connectors.sql.bitrix.codec import (
     DEFAULT_ORDER_STATUSES, DEFAULT_SHIPMENT_STATUSES, BitrixDecodeError, decode_c_fields,
     mail_event_to_events, parse_money, with_phone,
 )

@@ -1,4 +1,4 @@
-"""The Bitrix preset of the SQL connector (connectors/bitrix.py) on a Bitrix-shaped
+"""The Bitrix preset of the SQL connector (connectors/sql/bitrix/) on a Bitrix-shaped
 database (tests/bitrix_schema.py).
 
 The acceptance test: a Bitrix-shaped MariaDB gets a new order, a payment, status
@@ -22,7 +22,7 @@ import pytest
 import trio
 from ruamel.yaml import YAML
 
-from herald.connectors.bitrix import DEFAULT_SOURCES
+from herald.connectors.sql.bitrix import DEFAULT_SOURCES
 from herald.connectors.sql import SqlConnector
 from herald.engine.config import ConnectorConfig, Secret, load_config
 from herald.engine.errors import ConfigError

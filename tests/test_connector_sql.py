@@ -21,6 +21,7 @@ from herald.connectors.sql import (MappedSource, SqlConnector, decode_cursor, en
 from herald.engine.config import ConnectorConfig, Secret, load_config
 from herald.engine.daemon import Daemon
 from herald.engine.errors import ConfigError
+from herald.engine.helpers.drivers import DRIVERS, EXTRAS, install_command, missing_driver
 from herald.engine.events import parse_event
 from tests.daemon_helpers import fake_bsg, free_port, herald, write_project
 from tests.sqlservers import db_url, dialect_of, mariadb_url, postgres_url, sqlite_url  # noqa: F401 (fixtures)
@@ -308,6 +309,32 @@ def test_a_secret_url_is_never_echoed(tmp_path):
     assert "url: not a database URL" in p and "Tiger" not in p
     (p,) = problems(tmp_path, block, {"SHOP_DB_URL": " "})
     assert "url: expected a database URL, got a value from !env/!secret" in p
+
+
+@pytest.mark.parametrize("url, extra", [
+    ("mysql+nosuchdriver://shop:Tiger-Secret-77@db/shop", "mysql"),       # a driver SQLAlchemy lacks
+    ("mysql+mysqldb://shop:Tiger-Secret-77@db/shop", "mysql"),            # one whose module is missing
+    ("mariadb+mysqldb://shop:Tiger-Secret-77@db/shop", "mysql"),
+    ("postgresql+psycopg2://shop:Tiger-Secret-77@db/shop", "postgresql"),
+])
+def test_a_missing_driver_is_a_located_error_naming_the_extra(tmp_path, url, extra):
+    """The database drivers are extras of herald-bsg ([mysql], [postgresql]): a missing one is
+    reported when the config is checked, with the extra to install — not a bare
+    ModuleNotFoundError from SQLAlchemy at the first poll."""
+    block = "  - type: sql\n    url: !env SHOP_DB_URL\n    sources:\n" + textwrap.indent(ORDERS, "      ")
+    (p,) = problems(tmp_path, block, {"SHOP_DB_URL": url})
+    assert re.search(r":3:10: error: sql connector: url: the driver \"\w+\" for \w+ is not (available|installed)", p)
+    assert f"pip install 'herald-bsg[{extra}]'" in p and "Tiger" not in p
+
+
+def test_every_database_with_an_extra_names_it():
+    assert install_command("mysql") == install_command("mariadb") == "pip install 'herald-bsg[mysql]'"
+    assert install_command("postgresql") == "pip install 'herald-bsg[postgresql]'"
+    assert install_command("sqlite") is None            # in the standard library
+    assert set(EXTRAS) | {"sqlite"} == set(DRIVERS)
+    # what the extras install is what the connector uses by default
+    assert missing_driver(sa.make_url("mysql+pymysql://h/db")) is None
+    assert missing_driver(sa.make_url("postgresql+psycopg://h/db")) is None
 
 
 def test_presets_are_looked_up_and_their_sources_join_the_custom_ones(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from herald.engine.config import Secret, load_config
-from herald.engine.audience.directory import (
+from herald.engine.directory import (
     PHONE_AUTH, BitrixDirectory, FileDirectory, Lookup, StaticDirectory, members_trace, open_directory,
 )
 from herald.engine.errors import ConfigError
@@ -273,6 +273,21 @@ def test_directory_key_errors_are_located(tmp_path, monkeypatch, body, line, col
     err = config_errors(tmp_path / "herald.yaml")
     assert [(d.location.line, d.location.col, d.message) for d in err.diagnostics if d.is_error] == \
         [(line, col, message)]
+
+
+@pytest.mark.parametrize("url, extra", [
+    ("mysql+nosuchdriver://bitrix:pa55-SECRET@db/sitemanager", "mysql"),      # a driver SQLAlchemy lacks
+    ("mysql+mysqldb://bitrix:pa55-SECRET@db/sitemanager", "mysql"),           # one whose module is missing
+    ("postgresql+psycopg2://bitrix:pa55-SECRET@db/sitemanager", "postgresql"),
+])
+def test_a_missing_database_driver_names_the_extra_to_install(tmp_path, url, extra):
+    """The drivers are extras of herald-bsg: the error says which one, located, never the URL."""
+    write(tmp_path, "herald.yaml", "directory:\n  bitrix: !env SHOP_DB_URL\n")
+    err = config_errors(tmp_path / "herald.yaml", env={"SHOP_DB_URL": url})
+    (d,) = [d for d in err.diagnostics if d.is_error]
+    assert (d.location.line, d.location.col) == (2, 11)
+    assert d.message.startswith("directory.bitrix: the driver ") and "pa55" not in err.format()
+    assert f"pip install 'herald-bsg[{extra}]'" in d.message
 
 
 def test_bitrix_key_reads_url_ttl_and_groups_and_keeps_the_url_secret(tmp_path):

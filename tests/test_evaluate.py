@@ -3,7 +3,7 @@
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from herald.engine.audience.directory import StaticDirectory
+from herald.engine.directory import StaticDirectory
 from herald.engine.rules.evaluate import Evaluator
 from herald.engine.events import parse_event
 from tests.conftest import BASE_CONFIG

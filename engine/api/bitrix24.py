@@ -34,7 +34,8 @@ from urllib.parse import parse_qsl
 import httpx
 import trio
 
-from herald.engine.audience.directory import phone_field
+from herald.engine.directory import phone_field
+from herald.engine.errors import Bitrix24RestError as RestError, HookError
 from herald.engine.helpers.phones import normalize_phone
 from herald.engine.redaction import rest_token
 
@@ -60,20 +61,6 @@ NOT_CONFIGURED = ("Bitrix24 webhooks are off: add a bitrix24: section to herald.
 
 _NAME = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _SEGMENT = re.compile(r"\[([^\[\]]*)\]")
-
-
-class HookError(Exception):
-    """A refused post: the HTTP status, what is wrong and, where it is one field, which."""
-
-    def __init__(self, status: int, message: str, field: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.field = status, message, field
-
-    def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        return body
 
 
 def parse_form(body: bytes, content_type: str | None = FORM_TYPE) -> dict[str, Any]:
@@ -203,10 +190,6 @@ PHONE_ORDER = ("PERSONAL_MOBILE", "WORK_PHONE", "PERSONAL_PHONE")
 USER_PAGE = 50          # user.get answers at most 50 users a call
 
 log = logging.getLogger("herald.http")
-
-
-class RestError(Exception):
-    """A failed REST call. The message names the method and what went wrong, never the URL."""
 
 
 def redact_url(url: str) -> str:

@@ -46,7 +46,7 @@ from zoneinfo import ZoneInfo
 import trio
 from ruamel.yaml import YAML, YAMLError
 
-from herald.engine.audience.directory import lookup
+from herald.engine.directory import lookup
 from herald.engine.audience.incoming import account_client
 from herald.engine.audience.subscriptions import SubscribedDirectory
 from herald.engine.bsg.client import BsgError

@@ -42,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from herald.engine.errors import FakeBsgRejection as _Reject   # a whole-request error: HTTP 200 with `error`
 from herald.engine.helpers.segments import GSM7, analyze
 
 __all__ = [
@@ -138,15 +139,6 @@ CALLBACK_TICK = 0.05            # seconds between looks for newly final messages
 _CALLBACK_POSTS = 16            # delivery reports in flight at most
 
 log = logging.getLogger("herald.fakebsg")
-
-
-class _Reject(Exception):
-    """A whole-request error: answered as HTTP 200 with top-level `error`."""
-
-    def __init__(self, code: int, reference: object = None):
-        self.code = code
-        self.reference = reference
-        super().__init__(f"{code} {ERRORS.get(code, '')}")
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable, Mapping
 
-from herald.engine.audience.directory import known_names, lookup
+from herald.engine.directory import known_names, lookup
 from herald.engine.errors import EventError, did_you_mean
 from herald.engine.events import Event, EventScope, merge_previous
 from herald.engine.helpers.windows import parse_window

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Protocol
 from zoneinfo import ZoneInfo
 
 from herald.engine.config import Site
-from herald.engine.audience.directory import Directory, StaticDirectory, lookup, lookup_user, members_trace, phone_of, user_trace
+from herald.engine.directory import Directory, StaticDirectory, lookup, lookup_user, members_trace, phone_of, user_trace
 from herald.engine.events import Event, EventScope, merge_previous
 from herald.engine.rules.loader import Project
 from herald.engine.rules.matcher import why_not
@@ -31,6 +31,13 @@ from herald.grammar.model import (
 # ---- state behind protocols ------------------------------------------------------------
 
 class StateStore(Protocol):
+    """The entities' state rules see (store table `entities`): per entity, the merge of every
+    event about it from any source, updated as each event is evaluated, read by state and
+    change triggers. Kept apart from the SQL connector's row snapshots (table `snapshots`),
+    which hold what one source mapped from one row so it can diff rows into events — written
+    with the cursor before any rule runs, also for rows that give no event; see the comment
+    at DELETE in connectors/sql/core.py."""
+
     def get_state(self, entity_key: str) -> Mapping | None: ...
     def put_state(self, entity_key: str, data: Mapping) -> None: ...
     def last_firing(self, rule_id: str, key: tuple) -> datetime | None: ...

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
-from herald.engine.audience.directory import StaticDirectory
+from herald.engine.directory import StaticDirectory
 from herald.engine.errors import EventError, HeraldError
 from herald.engine.rules.evaluate import Evaluator, MemoryState, RuleRun
 from herald.engine.events import Event, parse_event

@@ -1,47 +1,5 @@
-"""The IMAP connector: mails arriving in a mailbox become events.
-
-    connectors:
-      - type: imap
-        name: mailbox
-        host: mail.example.com
-        user: herald@example.com
-        password: !env IMAP_PASSWORD
-        folder: INBOX
-        move_to: Herald/Done          # or flag: "\\Seen" (the default)
-
-A shop that e-mails its notifications (Bitrix, or any other) sends a copy — BCC or a
-forwarding rule — to a mailbox; this connector reads it. How a mail becomes an event
-(`mail.<EVENT_NAME>`) is connectors/mail.py; this module is the mailbox side:
-
-- `imapclient` in worker threads (trio.to_thread), one connection, TLS (default),
-  STARTTLS or, on loopback only, plain;
-- IDLE where the server offers it (a new mail is an event within moments), polling
-  every `interval` seconds otherwise;
-- every message after the position is taken, `batch` at a time, in UID order — by
-  its UID alone: a mail someone else already marked read is still new. The position —
-  UIDVALIDITY, the last UID and the INTERNALDATE of the newest mail seen — is the
-  connector's cursor, moved in the same transaction as the events (`ctx.emit(events,
-  cursor=…)`). A changed UIDVALIDITY makes the UIDs meaningless: the folder's mail
-  delivered at or after that date (and after what `start: end` left alone) is new, the
-  rest is not; the event ids (from the Message-ID) keep a mail journaled before from
-  counting twice;
-- only after the events are committed is the mail acknowledged: flagged (`flag`) or
-  moved (`move_to`). A crash or a refused acknowledgement in between leaves mail below
-  the position unacknowledged (the leftovers); the next round — the next session after
-  a crash — acknowledges it without journaling it again, and new mail never waits
-  for it;
-- a bad mail (oversize, unparseable, unknown charset, no event name) is journaled as a
-  `mail.rejected` event with the reason and moved to the `quarantine` folder; the
-  mailbox goes on;
-- a failure reports down in /health at once, reconnects with back-off (1 s … 60 s,
-  jittered), and after `silence` seconds journals `connector.down`, then
-  `connector.up` when it works again (connectors/outage.py). A quiet IDLE is healthy;
-  it is renewed every min(`timeout`, 60) seconds and the server must answer within
-  `timeout`, so a frozen server or a silently dropped connection is noticed.
-
-The password never reaches a log line, an error or /health.
-User documentation: docs/connectors/imap.md.
-"""
+"""The IMAP connector at run time: the mailbox side (worker threads) and the loop
+(see the package docstring)."""
 
 from __future__ import annotations
 
@@ -62,28 +20,19 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
 from herald.connectors.base import ConnectorContext
-from herald.connectors.mail import MailMapping, OptionError, Rejected, mapping_from_options, rejected_event
-from herald.connectors.options import OptionChecker, number as _number, what as _what
+from herald.connectors.mail import MailMapping, Rejected, rejected_event
+from herald.connectors.imap.options import _SYSTEM_FLAGS, ImapOptions, _Checker
 from herald.connectors.outage import Outage
-from herald.engine.config import ConnectorConfig, is_loopback, reveal
-from herald.engine.errors import ConfigError, Diagnostic, EventError, did_you_mean
+from herald.engine.config import ConnectorConfig, reveal
+from herald.engine.errors import Diagnostic, EventError, did_you_mean
 
 log = logging.getLogger("herald.connectors.imap")
 
-__all__ = ["ImapConnector", "CONNECTOR"]
 
-OPTIONS = ("name", "host", "port", "security", "verify", "ca_file", "user", "password", "folder", "flag",
-           "move_to", "quarantine", "idle", "interval", "batch", "max_size", "timeout", "silence", "start",
-           "site", "event_header", "match", "extract", "text_limit", "signature")
-SECURITY = {"tls": 993, "starttls": 143, "none": 143}
-STARTS = ("end", "beginning")
 CURSOR = "position"
 IDLE_RENEW = 60.0           # at most this many seconds in one IDLE (or `timeout`, if less): the renewal
                             # is the check that the server still answers
 IDLE_STEP = 1.0             # seconds per wait in a worker thread, so shutdown is prompt
-_SYSTEM_FLAGS = {"\\seen": "SEEN", "\\flagged": "FLAGGED", "\\answered": "ANSWERED", "\\draft": "DRAFT",
-                 "\\deleted": "DELETED"}
-_KEYWORD = re.compile(r'^[!#$&\'+-\[^-z|~]+$')      # an IMAP atom: no space, ( ) { % * " \\ ] or controls
 _NETWORK_ERRORS = (IMAPClientError, imaplib.IMAP4.error, OSError, ssl.SSLError, socket.timeout, EOFError)
 
 
@@ -117,56 +66,6 @@ class _Fetched:
     date: int | None = None         # INTERNALDATE, Unix seconds
 
 
-class _Checker(OptionChecker):
-    """Located diagnostics for one `type: imap` entry."""
-
-    kind = "imap"
-
-    def option(self, problem: OptionError) -> None:
-        self.error(problem.message, *problem.path, key=problem.key, hint=problem.hint)
-
-    def text(self, name: str, *, required: bool = False, default: str | None = None, example: str) -> str | None:
-        options = self.config.options
-        if name not in options:
-            if required:
-                self.error(f"{name} is required", hint=f"e.g. {example}")
-            return default
-        value = reveal(options[name])
-        if not isinstance(value, str) or not value.strip():
-            self.error(f"{name}: expected text, got {_what(options[name])}", name, hint=f"e.g. {example}")
-            return default
-        return value.strip()
-
-    def number(self, name: str, default: float, *, integer: bool = False, high: float = 86400,
-               example: str) -> float:
-        raw = self.config.options.get(name, default)
-        value = _number(reveal(raw))
-        kind = "a whole number" if integer else "a number of seconds"
-        if value is None or (integer and value != int(value)) or not (0 < value <= high):
-            self.error(f"{name}: expected {kind} more than 0 and at most {high:g}, got {_what(raw)}", name,
-                       hint=f"e.g. {example}")
-            return default
-        return int(value) if integer else value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = reveal(self.config.options.get(name, default))
-        if not isinstance(value, bool):
-            self.error(f"{name}: expected true or false, got {_what(value)}", name)
-            return default
-        return value
-
-
-def _size(raw: Any) -> int | None:
-    import re
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return raw if raw > 0 else None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]i?[bB]?|[bB])?\s*", str(raw)) if isinstance(raw, str) else None
-    if not m:
-        return None
-    n = float(m.group(1)) * {"b": 1, "k": 1024, "m": 1024 * 1024}[(m.group(2) or "b").lower()[0]]
-    return int(n) if n >= 1 else None
-
-
 class ImapConnector:
     """`type: imap` — see the module docstring and docs/connectors/imap.md."""
 
@@ -175,71 +74,28 @@ class ImapConnector:
     BACKOFF_MAX = 60.0
 
     def __init__(self, config: ConnectorConfig):
+        """Check the options (ConfigError with every problem, located) and get ready."""
         self.config = config
-        check = _Checker(config)
-        options = config.options
-        for key in options:
-            if key not in OPTIONS:
-                check.error(f'unknown option "{key}"', key, key=True,
-                            hint=did_you_mean(str(key), OPTIONS) or f"the imap connector has: {', '.join(OPTIONS)}")
-
-        self.host = check.text("host", required=True, default="", example="host: mail.example.com") or ""
-        self.security = check.text("security", default="tls", example="security: tls") or "tls"
-        if self.security not in SECURITY:
-            check.error(f'security: expected tls, starttls or none, got "{self.security}"', "security",
-                        hint=did_you_mean(self.security, SECURITY) or "tls: port 993; starttls: port 143")
-            self.security = "tls"
-        if self.security == "none" and self.host and not is_loopback(self.host):
-            check.error("security: none would send the password in clear text; it is allowed only for a "
-                        "loopback host", "security", hint="use tls (port 993) or starttls (port 143)")
-        self.port = int(check.number("port", SECURITY[self.security], integer=True, high=65535,
-                                     example=f"port: {SECURITY[self.security]}"))
-        self.verify = check.boolean("verify", True)
-        self.ca_file = None
-        ca = check.text("ca_file", example="ca_file: certs/mail-ca.pem")
-        if ca:
-            self.ca_file = config.path(ca)
-            if not self.ca_file.is_file():
-                check.error(f"ca_file: {self.ca_file} is not a file", "ca_file")
-        self.user = check.text("user", required=True, default="", example="user: herald@example.com") or ""
-        self._password = None
-        if "password" not in options:
-            check.error("password is required", hint="e.g. password: !env IMAP_PASSWORD")
-        elif not isinstance(reveal(options["password"]), str) or not reveal(options["password"]):
-            check.error(f"password: expected text, got {_what(options['password'])}", "password",
-                        hint="e.g. password: !env IMAP_PASSWORD")
-        else:
-            self._password = options["password"]
-        self.folder = check.text("folder", default="INBOX", example="folder: INBOX") or "INBOX"
-        self.move_to = check.text("move_to", example="move_to: Herald/Done")
-        self.flag = _flag(check, check.text("flag", default="\\Seen",
-                                            example='flag: "\\\\Seen" (or a keyword: $Herald)') or "\\Seen")
-        if self.move_to and "flag" in options:
-            check.error("flag and move_to: give one — processed mail is either flagged or moved", "flag",
-                        hint="leave out flag to move, or move_to to flag")
-        self.quarantine = check.text("quarantine", default="Quarantine", example="quarantine: Quarantine")
-        for name in ("move_to", "quarantine"):
-            if getattr(self, name) == self.folder:
-                check.error(f"{name}: must differ from folder ({self.folder})", name)
-        self.idle = check.boolean("idle", True)
-        self.interval = check.number("interval", 30.0, example="interval: 30")
-        self.batch = int(check.number("batch", 100, integer=True, high=10_000, example="batch: 100"))
-        self.timeout = check.number("timeout", 30.0, high=600, example="timeout: 30")
-        self.silence = check.number("silence", 60.0, example="silence: 60")
-        max_size = _size(reveal(options.get("max_size", 10 * 1024 * 1024)))
-        if max_size is None:
-            check.error(f"max_size: expected a size such as 10485760 or \"10 MiB\", got "
-                        f"{_what(options.get('max_size'))}", "max_size")
-            max_size = 10 * 1024 * 1024
-        self.start = reveal(options.get("start", "end"))
-        if self.start not in STARTS:
-            check.error(f"start: expected end or beginning, got {_what(self.start)}", "start",
-                        hint="end: leave the mail already there at the first start; beginning: take it all")
-            self.start = "end"
-        self.site = check.text("site", example="site: s1")
-        self.mapping: MailMapping = mapping_from_options(options, check.option, max_size=max_size)
-        if check.problems:
-            raise ConfigError(check.problems)
+        options = ImapOptions(config)
+        self.host = options.host
+        self.security = options.security
+        self.port = options.port
+        self.verify = options.verify
+        self.ca_file = options.ca_file
+        self.user = options.user
+        self._password = options._password
+        self.folder = options.folder
+        self.move_to = options.move_to
+        self.flag = options.flag
+        self.quarantine = options.quarantine
+        self.idle = options.idle
+        self.interval = options.interval
+        self.batch = options.batch
+        self.timeout = options.timeout
+        self.silence = options.silence
+        self.start = options.start
+        self.site = options.site
+        self.mapping: MailMapping = options.mapping
 
         self.where = f"{self.user}@{self.host}:{self.port}/{self.folder}"
         self.read = self.new_events = self.rejected = 0
@@ -614,20 +470,6 @@ def _idle_step(conn: IMAPClient, timeout: float) -> list:
     raise ConnectionError("the server closed the connection")
 
 
-def _flag(check: _Checker, flag: str) -> str:
-    """`flag`: an IMAP system flag (any case, written back in its own) or a keyword atom."""
-    if flag.startswith("\\"):
-        names = {k: "\\" + v.capitalize() for k, v in _SYSTEM_FLAGS.items()}
-        if flag.lower() in names:
-            return names[flag.lower()]
-        check.error(f'flag: "{flag}" is not an IMAP system flag', "flag",
-                    hint=did_you_mean(flag, list(names.values())) or f"system flags: {', '.join(names.values())}")
-    elif not (flag.isascii() and _KEYWORD.match(flag)):
-        check.error(f'flag: "{flag}" is neither an IMAP system flag nor a keyword (letters, digits, $ _ - . '
-                    'and no spaces)', "flag", hint="e.g. flag: $Herald, or flag: \"\\\\Seen\"")
-    return flag
-
-
 def _seconds(value: Any) -> int | None:
     """An INTERNALDATE (an aware datetime: normalise_times is off) as Unix seconds."""
     return int(value.timestamp()) if isinstance(value, datetime) else None
@@ -646,4 +488,3 @@ def _index_of(pointer: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-CONNECTOR = ImapConnector
