@@ -30,7 +30,7 @@ from herald.engine.config import Config, load_config
 from herald.engine.delivery.alerts import Alerter
 from herald.engine.delivery.dispatcher import Dispatcher
 from herald.engine.delivery.outbox import enqueue
-from herald.engine.errors import EventError, HeraldError, LoadError
+from herald.engine.errors import EventError, LoadError, StartupError
 from herald.engine.events import Event, parse_event
 from herald.engine.intake import ConnectorStatus, Context
 from herald.engine.logs import setup_logging
@@ -43,10 +43,6 @@ from herald.engine.services import Loaded, Services, Wakes
 from herald.engine.store import Store
 
 log = logging.getLogger("herald")
-
-class StartupError(HeraldError):
-    """The daemon cannot start: one clear line for the operator."""
-
 
 class Daemon:
     def __init__(self, config: Config, *, clock: Clock | None = None, bsg_transport=None,

@@ -20,7 +20,17 @@ under its old name where callers import it from there.
     ├── MailOptionError            a wrong mail-mapping option (IMAP connector)
     ├── HookError                  a refused Bitrix24 webhook post
     ├── Bitrix24RestError          a failed call of Bitrix24's REST API
-    └── FakeBsgRejection           the built-in fake BSG refuses a whole request
+    ├── FakeBsgRejection           the built-in fake BSG refuses a whole request
+    ├── ApiError                   an HTTP answer 4xx/5xx with a JSON body
+    ├── StartupError               the daemon cannot start (exit 2)
+    ├── CampaignError              a campaign request that cannot be served
+    ├── UnknownEntity              a timeline of an entity nothing is known of
+    ├── TestDefinitionError        a rule-test file that is itself wrong
+    └── BsgError                   (engine/bsg/client.py) BSG answered with an error
+        └── BsgUnavailable         no answer, or one that is not BSG's
+
+    EventError
+    └── UnresolvableRecipients     a manual send none of whose recipients is found
 """
 
 from __future__ import annotations
@@ -210,6 +220,65 @@ class FakeBsgRejection(HeraldError):
         self.code = code
         self.reference = reference
         super().__init__(f"BSG error {code}")
+
+
+
+class ApiError(HeraldError):
+    """Raised by the HTTP API's handlers (engine/api/) for a 4xx/5xx answer: the message
+    says what to do; `pointer` is where in the JSON body, `parameter` which query or path
+    parameter. engine/api/base.py turns it into the JSON reply."""
+
+    def __init__(self, status: int, message: str, pointer: str | None = None, *, parameter: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.pointer, self.parameter = status, message, pointer, parameter
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message}
+        if self.pointer is not None:
+            body["pointer"] = self.pointer
+        if self.parameter is not None:
+            body["parameter"] = self.parameter
+        return body
+
+
+class StartupError(HeraldError):
+    """Raised by the daemon (engine/daemon.py) when it cannot start — a taken port, say:
+    `herald run` prints one clear line and exits 2."""
+
+
+class CampaignError(HeraldError):
+    """Raised by the campaigns (engine/audience/campaigns.py) for a request that cannot be
+    served — a bad field, an unknown list, a change the campaign's state forbids: an HTTP
+    `status`, the message and a JSON `pointer` into the request."""
+
+    def __init__(self, status: int, message: str, pointer: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.pointer = status, message, pointer
+
+
+class UnresolvableRecipients(EventError):
+    """Raised by a manual send (engine/delivery/manual.py) when not one of its recipients
+    can be found (an unknown department, no directory): a 400 with a pointer at the first,
+    not a batch of failed messages."""
+
+    def __init__(self, message: str, pointer: str, hint: str | None):
+        super().__init__(message + (f"; {hint}" if hint else ""), pointer)
+        self.hint = hint
+
+    def as_json(self) -> dict:
+        return {**super().as_json(), **({"hint": self.hint} if self.hint else {})}
+
+
+class UnknownEntity(HeraldError):
+    """Raised by the timeline (engine/store/timeline.py) when nothing is known about an
+    entity: no state, no event, no message (`herald timeline`, `GET /timeline/...`: 404)."""
+
+
+class TestDefinitionError(HeraldError):
+    """Raised by the rule tests (engine/rules/ruletest.py) when a test file itself is
+    wrong — not YAML, a case without an event: the run reports it against the file."""
+
+    __test__ = False            # not a pytest test class, whatever its name says
 
 
 @dataclass

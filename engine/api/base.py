@@ -15,7 +15,7 @@ import starlette.responses
 from starlette.requests import ClientDisconnect, Request
 
 from herald.engine.config import Secret
-from herald.engine.errors import EventError, HeraldError
+from herald.engine.errors import ApiError, EventError
 from herald.engine.helpers import bounds
 
 log = logging.getLogger("herald.http")
@@ -33,21 +33,9 @@ class JSONResponse(starlette.responses.JSONResponse):
                           separators=(",", ":")).encode("utf-8", "backslashreplace")
 
 
-class ApiError(HeraldError):
-    """A 4xx/5xx answer: the message says what to do; `pointer` is where in the body,
-    `parameter` which query or path parameter."""
-
-    def __init__(self, status: int, message: str, pointer: str | None = None, *, parameter: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.pointer, self.parameter = status, message, pointer, parameter
-
-    def response(self) -> JSONResponse:
-        body: dict[str, Any] = {"error": self.message}
-        if self.pointer is not None:
-            body["pointer"] = self.pointer
-        if self.parameter is not None:
-            body["parameter"] = self.parameter
-        return JSONResponse(body, status_code=self.status)
+def error_response(exc: ApiError) -> JSONResponse:
+    """An ApiError as the JSON answer it stands for."""
+    return JSONResponse(exc.as_json(), status_code=exc.status)
 
 
 def guarded(fn: Handler, authorize: Callable[[Request], None] | None) -> Handler:
@@ -60,7 +48,7 @@ def guarded(fn: Handler, authorize: Callable[[Request], None] | None) -> Handler
                 authorize(request)
             return await fn(request)
         except ApiError as exc:
-            return exc.response()
+            return error_response(exc)
         except EventError as exc:
             return JSONResponse(exc.as_json(), status_code=400)
         except ClientDisconnect:       # gone while sending its body: nobody reads an answer

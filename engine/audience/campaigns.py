@@ -51,7 +51,7 @@ from herald.engine.audience.incoming import account_client
 from herald.engine.audience.subscriptions import SubscribedDirectory
 from herald.engine.bsg.client import BsgError
 from herald.engine.config import Config
-from herald.engine.errors import Diagnostic, EventError, HeraldError, Location, did_you_mean, display_path
+from herald.engine.errors import CampaignError, Diagnostic, EventError, Location, did_you_mean, display_path
 from herald.engine.events import Event, EventScope, parse_time
 from herald.engine.helpers.phones import normalize_phone
 from herald.engine.helpers.windows import WINDOW_FORMAT, parse_window
@@ -73,12 +73,6 @@ FUNDS_CODES = (8,)               # BSG: not enough funds
 LIVE_STATES = ("active", "paused", "stopped", "completed")
 KEYS = ("name", "site", "channel", "template", "text", "sender", "start", "end", "window", "rate", "budget",
         "enabled", *SOURCES)
-
-
-class CampaignError(HeraldError):
-    def __init__(self, status: int, message: str, pointer: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.pointer = status, message, pointer
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import uuid
 from typing import Any, Callable, Mapping
 
 from herald.engine.directory import known_names, lookup
-from herald.engine.errors import EventError, did_you_mean
+from herald.engine.errors import EventError, UnresolvableRecipients as Unresolvable, did_you_mean
 from herald.engine.events import Event, EventScope, merge_previous
 from herald.engine.helpers.windows import parse_window
 from herald.engine.rules.evaluate import PlannedMessage
@@ -75,18 +75,6 @@ def _recipients(payload: Mapping, default: tuple[Recipient, ...] = ()) -> tuple[
         raise EventError("give the recipients: to (phone numbers), department or group (names in the directory)",
                          "/to")
     return tuple(out)
-
-
-class Unresolvable(EventError):
-    """Not one recipient of a manual send can be found (an unknown department, no
-    directory): a 400 with a pointer at the first, not a batch of failed messages."""
-
-    def __init__(self, message: str, pointer: str, hint: str | None):
-        super().__init__(message + (f"; {hint}" if hint else ""), pointer)
-        self.hint = hint
-
-    def as_json(self) -> dict:
-        return {**super().as_json(), **({"hint": self.hint} if self.hint else {})}
 
 
 # lookup errors that are the directory's fault, not the request's: those recipients get

@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from herald.engine.errors import EventError, HeraldError, display_path
+from herald.engine.errors import EventError, TestDefinitionError, display_path
 from herald.engine.rules.evaluate import Delayed, Evaluator, PlannedMessage
 from herald.engine.events import parse_event, parse_time
 from herald.engine.rules.loader import Project
@@ -57,10 +57,6 @@ class CaseResult:
     @property
     def id(self) -> str:
         return f"{self.file}::{self.name}"
-
-
-class TestDefinitionError(HeraldError):
-    pass
 
 
 def test_files(path: Path) -> list[Path]:

@@ -13,7 +13,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from herald.engine.errors import HeraldError
+from herald.engine.errors import HeraldError, UnknownEntity
 from herald.engine.store.interface import StoreBackend
 from herald.engine.store.states import MessageState
 
@@ -21,10 +21,6 @@ _TARGET = re.compile(r"^(?P<type>[A-Za-z_][A-Za-z0-9_]*):(?P<id>[^@\s]+)(?:@(?P<
 
 # attempts.what → the timeline's kind of entry
 _ATTEMPT_KINDS = {"fallback": "fallback", "receipt": "receipt", "status": "status"}
-
-
-class UnknownEntity(HeraldError):
-    """Nothing is known about that entity: no state, no event, no message."""
 
 
 def parse_target(text: str, default_site: str) -> tuple[str, str, str]:
