@@ -17,6 +17,7 @@ import logging
 import signal
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
@@ -28,7 +29,9 @@ from herald.engine.errors import EventError, HeraldError, LoadError
 from herald.engine.rules.evaluate import Delayed, Evaluator, PlannedMessage, RuleRun
 from herald.engine.events import Event, parse_event
 from herald.engine.rules.loader import Project, load_project
+from herald.engine.delivery.dispatcher import Dispatcher
 from herald.engine.delivery.outbox import enqueue
+from herald.engine.delivery.services import DeliveryServices
 from herald.engine.runtime import Clock, Pulse, VirtualClock  # noqa: F401  (VirtualClock: the daemon's public clocks)
 from herald.engine.store import Store
 from herald.grammar.model import Rule
@@ -87,7 +90,6 @@ class Daemon:
 
     # ---- start and stop ----
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        from herald.engine.delivery.dispatcher import Dispatcher
         from herald.engine.api.routes import serve_api
 
         self.project = await trio.to_thread.run_sync(load_project, self.config)
@@ -100,7 +102,11 @@ class Daemon:
                 from herald.engine.delivery.alerts import Alerter
                 self.alerter = Alerter(self.store, self.config, self.clock.now)
                 await nursery.start(self.alerter.run, self.db)
-                self.dispatcher = Dispatcher(self)
+                self.dispatcher = Dispatcher(DeliveryServices(
+                    store=self.store, db=self.db, clock=self.clock, config=lambda: self.config,
+                    events_wake=self.events_wake, dispatch_wake=self.dispatch_wake, alerter=self.alerter,
+                    bsg_transport=self.bsg_transport, backup_transports=self.backup_transports,
+                    on_sandbox=partial(setattr, self, "sandbox_url")))
                 await nursery.start(self.dispatcher.run)      # BSG (or the sandbox) first
                 await nursery.start(self._processor)
                 await nursery.start(self._timers)
