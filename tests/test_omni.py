@@ -80,7 +80,8 @@ TRANSITIONS = [
 
 
 @pytest.mark.parametrize("item, bsg_status, step, why", TRANSITIONS,
-                         ids=[f"{m['omni']}-{m['leg']}-{m['state']}-{m['receipt_leg']}-{s}" for m, s, *_ in TRANSITIONS])
+                         ids=[f"{m['omni']}-{m['leg']}-{m['state']}-{m['receipt_leg']}-{s}"
+                              for m, s, *_ in TRANSITIONS])
 def test_transition(item, bsg_status, step, why):
     assert omni.transition(item, status(bsg_status), NOW) == omni.Next(step, why)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -39,7 +39,8 @@ from herald.engine.bsg.pacing import Pacer
 from herald.engine.bsg.wire import (  # noqa: F401  (re-exported: the client's public names)
     DESCRIPTIONS, FINAL_FAILURE, FINAL_SUCCESS, MAX_RECIPIENTS, OPERATOR_HINTS, AltRoute, Balance, BsgError,
     BsgUnavailable, Kind, OnExchange, SendResult, SmsItem, Status, ViberItem, _Answer, _chunks, _code, _description,
-    _money, _msisdn, _NOT_FOUND_CODES, _retry_after, _text, classify, describe, parse_status, redact)
+    _money, _msisdn, _NOT_FOUND_CODES, _retry_after, _text, classify, describe, item_result, parse_status, redact,
+    sms_requests, viber_request)
 from herald.engine.config import DEFAULT_LOOKUP_CONCURRENCY, DEFAULT_LOOKUP_RATE, Secret
 
 __all__ = [
@@ -257,28 +258,8 @@ class BsgClient:
         items = list(items)
         requests: list[tuple[list[int], dict[str, Any]]] = []
         for chunk in _chunks(items, lambda it: _msisdn(it.msisdn)):
-            requests.extend(self._sms_requests([items[i] for i in chunk], chunk, validity_hours))
+            requests.extend(sms_requests([items[i] for i in chunk], chunk, validity_hours))
         return await self._send_all("/sms/create", items, requests)
-
-    def _sms_requests(self, group: list[SmsItem], indexes: list[int],
-                      validity: int | None) -> list[tuple[list[int], dict[str, Any]]]:
-        extra: dict[str, Any] = {} if validity is None else {"validity": validity}
-        if len(group) == 1:
-            it = group[0]
-            return [(indexes, {"destination": "phone", "msisdn": _msisdn(it.msisdn),
-                               "originator": it.originator, "body": it.body,
-                               "reference": it.reference, **extra})]
-        if len({(it.body, it.originator) for it in group}) == 1:
-            return [(indexes, {"destination": "phones",
-                               "phones": [{"msisdn": _msisdn(it.msisdn), "reference": it.reference}
-                                          for it in group],
-                               "originator": group[0].originator, "body": group[0].body,
-                               **extra})]
-        return [(indexes, {"destination": "individual",
-                           "phones": [{"msisdn": _msisdn(it.msisdn), "body": it.body,
-                                       "originator": it.originator, "reference": it.reference}
-                                      for it in group],
-                           **extra})]
 
     async def send_viber(self, items: Sequence[ViberItem], *,
                          validity_seconds: int | None = None) -> list[SendResult]:
@@ -294,29 +275,8 @@ class BsgClient:
                 raise ValueError(f"Viber item {it.reference!r}: alt_sms_text needs alt_sms_originator")
         requests = []
         for chunk in _chunks(items, lambda it: _msisdn(it.msisdn)):
-            requests.append((chunk, self._viber_request([items[i] for i in chunk], validity_seconds)))
+            requests.append((chunk, viber_request([items[i] for i in chunk], validity_seconds)))
         return await self._send_all("/viber/create", items, requests)
-
-    @staticmethod
-    def _viber_request(group: list[ViberItem], validity: int | None) -> dict[str, Any]:
-        messages: dict[tuple, dict[str, Any]] = {}
-        for it in group:
-            alt = ((it.alt_sms_originator, it.alt_sms_text if it.alt_sms_text is not None else it.text)
-                   if it.alt_sms_originator else None)
-            key = (it.text, it.alpha_name, alt, bool(it.is_promotional))
-            message = messages.get(key)
-            if message is None:
-                message = {"to": [], "text": it.text, "alpha_name": it.alpha_name,
-                           "is_promotional": bool(it.is_promotional)}
-                if alt:
-                    message["options"] = {"viber": {"alt_route": {"originator": alt[0],
-                                                                  "text": alt[1]}}}
-                messages[key] = message
-            message["to"].append({"msisdn": _msisdn(it.msisdn), "reference": it.reference})
-        payload: dict[str, Any] = {"messages": list(messages.values())}
-        if validity is not None:
-            payload["validity"] = validity
-        return payload
 
     async def _send_all(self, path: str, items: list[Any],
                         requests: list[tuple[list[int], dict[str, Any]]]) -> list[SendResult]:
@@ -376,7 +336,7 @@ class BsgClient:
                 by_order.append((pos, e))
             elif free.get(ref):
                 i = free[ref].pop(0)
-                out[i] = self._item_result(references[i], e, http)
+                out[i] = item_result(references[i], e, http)
             else:
                 log.warning("BSG %s: a result for a reference not sent: %r", self.name, ref)
         for pos, e in by_order:       # BSG left out the reference: match by order
@@ -385,7 +345,7 @@ class BsgClient:
             if i is None:
                 log.warning("BSG %s: an extra result entry: %r", self.name, redact(e))
                 continue
-            out[i] = self._item_result(references[i], e, http)
+            out[i] = item_result(references[i], e, http)
 
         for code, description in {r.code: r.description for r in out
                                   if r is not None and r.kind is Kind.OPERATOR}.items():
@@ -408,17 +368,6 @@ class BsgClient:
                                         description="BSG's answer has no result for this reference",
                                         http_status=http, uncertain=True)
         return out  # type: ignore[return-value]  # every slot is filled
-
-    @staticmethod
-    def _item_result(reference: str, entry: Mapping[str, Any], http: int) -> SendResult:
-        code = _code(entry) or 0
-        kind = classify(code)
-        return SendResult(
-            reference=reference, kind=kind, id=_text(entry.get("id")),
-            price=_money(entry.get("price")), currency=_text(entry.get("currency")),
-            code=code, description=_description(entry, code) if code else "",
-            http_status=http,
-        )
 
     # ----------------------------------------------------------------- reads
 

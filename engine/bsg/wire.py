@@ -393,3 +393,63 @@ class _Answer:
     @property
     def is_json_object(self) -> bool:
         return isinstance(self.body, dict)
+
+
+# --------------------------------------------------------------------------- request and result bodies
+
+def sms_requests(group: list[SmsItem], indexes: list[int],
+                 validity: int | None) -> list[tuple[list[int], dict[str, Any]]]:
+    """The request for one chunk of SMS: "phone" (one), "phones" (one body and originator)
+    or "individual"."""
+    extra: dict[str, Any] = {} if validity is None else {"validity": validity}
+    if len(group) == 1:
+        it = group[0]
+        return [(indexes, {"destination": "phone", "msisdn": _msisdn(it.msisdn),
+                           "originator": it.originator, "body": it.body,
+                           "reference": it.reference, **extra})]
+    if len({(it.body, it.originator) for it in group}) == 1:
+        return [(indexes, {"destination": "phones",
+                           "phones": [{"msisdn": _msisdn(it.msisdn), "reference": it.reference}
+                                      for it in group],
+                           "originator": group[0].originator, "body": group[0].body,
+                           **extra})]
+    return [(indexes, {"destination": "individual",
+                       "phones": [{"msisdn": _msisdn(it.msisdn), "body": it.body,
+                                   "originator": it.originator, "reference": it.reference}
+                                  for it in group],
+                       **extra})]
+
+
+def viber_request(group: list[ViberItem], validity: int | None) -> dict[str, Any]:
+    """The request for one chunk of Viber messages, grouped by text, sender and alt_route (the
+    SMS fallback's wire shape; whether a message carries one: engine/delivery/omni.py)."""
+    messages: dict[tuple, dict[str, Any]] = {}
+    for it in group:
+        alt = ((it.alt_sms_originator, it.alt_sms_text if it.alt_sms_text is not None else it.text)
+               if it.alt_sms_originator else None)
+        key = (it.text, it.alpha_name, alt, bool(it.is_promotional))
+        message = messages.get(key)
+        if message is None:
+            message = {"to": [], "text": it.text, "alpha_name": it.alpha_name,
+                       "is_promotional": bool(it.is_promotional)}
+            if alt:
+                message["options"] = {"viber": {"alt_route": {"originator": alt[0],
+                                                              "text": alt[1]}}}
+            messages[key] = message
+        message["to"].append({"msisdn": _msisdn(it.msisdn), "reference": it.reference})
+    payload: dict[str, Any] = {"messages": list(messages.values())}
+    if validity is not None:
+        payload["validity"] = validity
+    return payload
+
+
+def item_result(reference: str, entry: Mapping[str, Any], http: int) -> SendResult:
+    """One item's SendResult from its entry in a send answer."""
+    code = _code(entry) or 0
+    kind = classify(code)
+    return SendResult(
+        reference=reference, kind=kind, id=_text(entry.get("id")),
+        price=_money(entry.get("price")), currency=_text(entry.get("currency")),
+        code=code, description=_description(entry, code) if code else "",
+        http_status=http,
+    )

@@ -14,7 +14,7 @@ import trio
 from herald.engine.bsg.client import BsgError, BsgUnavailable
 from herald.engine.delivery import policy
 from herald.engine.delivery.accounts import Accounts
-from herald.engine.delivery.endpoints import Endpoint
+from herald.engine.delivery.endpoints import Endpoint, Router
 from herald.engine.delivery.incidents import Incidents
 from herald.engine.delivery.services import DeliveryServices
 from herald.engine.events import Event
@@ -30,7 +30,8 @@ class Health:
         self._latencies: list[tuple[str, float]] = []   # (endpoint, seconds) from delivery reports
 
     @property
-    def router(self):
+    def router(self) -> Router:
+        """The accounts' router (made at start, before any worker runs)."""
         return self.accounts.router
 
     async def changed(self, endpoint: Endpoint, change: str | None) -> None:
