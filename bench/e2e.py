@@ -305,7 +305,7 @@ class Stack:
         wait_http(f"{self.bsg}/_bench/health", self.fake)
         config = write_project(self.tmp, api_port, bsg_port, self.receipts)
         if self.no_polls:   # experiment: the first status poll 24 h after sending (launcher only, no engine edit)
-            launch = ["-c", "import sys, herald.engine.delivery.dispatcher as d; d.POLL_SCHEDULE = (86400,) + d.POLL_SCHEDULE[1:]; "
+            launch = ["-c", "import sys, herald.engine.delivery.policy as d; d.POLL_SCHEDULE = (86400,) + d.POLL_SCHEDULE[1:]; "
                             "from herald.engine.cli.main import main; sys.exit(main(sys.argv[1:]))"]
         else:
             launch = ["-m", "herald.engine.cli.main"]
@@ -822,10 +822,10 @@ def cpu_delta(before: dict, after: dict, wall: float) -> dict:
 # =========================================================================== profile summary
 
 PROFILE_PARTS = (   # first match wins; markers are substrings of py-spy's collapsed frames
-    ("delivery-status polls", ("Dispatcher._poll_one (", "Dispatcher._apply_status", "Dispatcher._poll_loop",
+    ("delivery-status polls", ("Statuses._fetch_status (", "Statuses.apply_status", "Statuses.poll_loop",
                                "Store.due_polls", "Store.next_poll_due")),
-    ("BSG exchange traces", ("Dispatcher._flush_exchanges", "Dispatcher._record_exchange", "BsgClient._trace")),
-    ("dispatcher: claim, send, apply", ("Dispatcher._send", "Store.claim_due", "Dispatcher._apply_results",
+    ("BSG exchange traces", ("Accounts.flush_exchanges", "Accounts.record_exchange", "BsgClient._trace")),
+    ("dispatcher: claim, send, apply", ("Sender._send", "Store.claim_due", "Sender.apply_results",
                                         "Store.next_due")),
     ("processor (process_batch)", ("Processor.process_batch",)),
     ("intake: journal commit", ("Store.add_events",)),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
 import trio
@@ -30,6 +31,7 @@ from herald.engine.config import Config, load_config
 from herald.engine.delivery.alerts import Alerter
 from herald.engine.delivery.dispatcher import Dispatcher
 from herald.engine.delivery.outbox import enqueue
+from herald.engine.delivery.services import DeliveryServices
 from herald.engine.errors import EventError, LoadError, StartupError
 from herald.engine.events import Event, parse_event
 from herald.engine.intake import ConnectorStatus, Context
@@ -99,7 +101,11 @@ class Daemon:
                 self.alerter = Alerter(self.store, self.config, self.clock.now)
                 services = self.services = self._services()
                 await nursery.start(self.alerter.run, self.db)
-                self.dispatcher = Dispatcher(self)
+                self.dispatcher = Dispatcher(DeliveryServices(
+                    store=self.store, db=self.db, clock=self.clock, config=lambda: self.config,
+                    events_wake=self.events_wake, dispatch_wake=self.dispatch_wake, alerter=self.alerter,
+                    bsg_transport=self.bsg_transport, backup_transports=self.backup_transports,
+                    on_sandbox=partial(setattr, self, "sandbox_url")))
                 await nursery.start(self.dispatcher.run)      # BSG (or the sandbox) first
                 processor = Processor(services)
                 await nursery.start(processor.run)              # journal → firings → outbox

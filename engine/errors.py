@@ -4,9 +4,10 @@ Every input boundary (rule files, templates, config, events) reports problems as
 `Diagnostic`s: where (`FILE:LINE:COL` or a JSON pointer), what, and what to do.
 A load collects all of them before raising, so an author fixes everything in one go.
 
-Every exception class of Herald's derives from `HeraldError`, and each says when it is
-raised (httpx's `_exceptions.py` is the model). The modules that raise one re-export it
-under its old name where callers import it from there.
+Every exception class of Herald's derives from `HeraldError`, lives here (but for the two
+BSG errors, which carry the wire format's types) and says when it is raised (httpx's
+`_exceptions.py` is the model). The modules that raise one import it from here, some under
+their old local name.
 
     HeraldError
     ├── LoadError                  input could not be loaded (diagnostics)
@@ -26,8 +27,9 @@ under its old name where callers import it from there.
     ├── CampaignError              a campaign request that cannot be served
     ├── UnknownEntity              a timeline of an entity nothing is known of
     ├── TestDefinitionError        a rule-test file that is itself wrong
-    └── BsgError                   (engine/bsg/client.py) BSG answered with an error
-        └── BsgUnavailable         no answer, or one that is not BSG's
+    └── BsgError                   BSG refused a whole request (engine/bsg/wire.py, beside
+        │                          the wire's `Kind` and results it carries)
+        └── BsgUnavailable         BSG could not be reached
 
     EventError
     └── UnresolvableRecipients     a manual send none of whose recipients is found
@@ -220,7 +222,6 @@ class FakeBsgRejection(HeraldError):
         self.code = code
         self.reference = reference
         super().__init__(f"BSG error {code}")
-
 
 
 class ApiError(HeraldError):

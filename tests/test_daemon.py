@@ -10,6 +10,7 @@ import trio
 from herald.engine.config import load_config
 from herald.engine.daemon import Daemon
 from herald.engine.bsg.fake import FakeBSG, serve
+from herald.engine.delivery import policy
 from tests.daemon_helpers import fake_bsg, free_port, herald, write_project
 
 CARD = 'on order.status == "shipped" send omni to customer.phone using "shipped" between 00:00-24:00\n'
@@ -174,8 +175,7 @@ async def test_fatal_bsg_error_fails_the_message_with_code_and_text(tmp_path, mo
 
 async def test_bsg_down_then_up_retries_and_sends_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    import herald.engine.delivery.dispatcher as dispatcher
-    monkeypatch.setattr(dispatcher, "backoff", lambda attempts, **kw: 0.2)   # fast retries, same logic
+    monkeypatch.setattr(policy, "backoff", lambda attempts, **kw: 0.2)   # fast retries, same logic
     rules = 'on order.created send sms to customer.phone text "hi"\n'
     async with running(tmp_path, rules, bsg_extra="  timeout: 0.2\n") as (daemon, client, fake):
         fake.set_fault("down", count=2)
@@ -278,8 +278,7 @@ async def test_manual_send_keeps_the_window_unless_now(tmp_path, monkeypatch):
 
 async def test_omni_not_viber_user_is_delivered_by_the_sms_fallback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    import herald.engine.delivery.dispatcher as dispatcher
-    monkeypatch.setattr(dispatcher, "POLL_SCHEDULE", (0.3, 0.6, 1, 2, 3, 5))
+    monkeypatch.setattr(policy, "POLL_SCHEDULE", (0.3, 0.6, 1, 2, 3, 5))
     rules = 'on order.created send omni to customer.phone text "hi"\n'
     async with running(tmp_path, rules, fake=FakeBSG(delivery_delay=0.3)) as (daemon, client, fake):
         # numbers ending in 01 are not Viber users at the fake: the SMS fallback delivers

@@ -11,7 +11,7 @@ import trio
 from herald.engine.bsg.client import Kind, SendResult
 from herald.engine.config import load_config
 from herald.engine.daemon import Daemon
-from herald.engine.delivery.dispatcher import RECEIPT_FALLBACK_POLL
+from herald.engine.delivery.policy import RECEIPT_FALLBACK_POLL
 from herald.engine.bsg.fake import FakeBSG, serve
 from tests.daemon_helpers import free_port, write_project
 from tests.test_daemon import CARD, EVENT, _messages, wait_for
@@ -105,7 +105,7 @@ async def test_a_receipt_before_the_send_is_recorded_is_applied_once_it_is(tmp_p
         rows = await daemon.db(daemon.store.in_state, "sending")
         results = [SendResult(rows[0].reference, Kind.OK, id="900", price=Decimal("0.02"), currency="EUR"),
                    SendResult(rows[1].reference, Kind.OK, id="901", price=Decimal("0.02"), currency="EUR")]
-        assert await daemon.db(daemon.dispatcher._apply_results, rows, results, "main") is True
+        assert await daemon.db(daemon.dispatcher.sender.apply_results, rows, results, "main") is True
         for message_id in (first, second):
             message = daemon.store.message(message_id)
             assert (message["state"], message["bsg_status"]) == ("delivered", "delivered")

@@ -12,6 +12,7 @@ from herald.engine.events import Event, EventScope, merge_previous
 from herald.engine.helpers.windows import parse_window
 from herald.engine.rules.evaluate import PlannedMessage
 from herald.engine.services import Services
+from herald.engine.store.states import MessageState
 from herald.engine.store.timeline import UnknownEntity, entity_key, resolve_id
 from herald.grammar.model import EventTrigger, Recipient, Rule, Send
 
@@ -170,12 +171,12 @@ def _plan_and_queue(services: Services, send: Send, site_id: str, data: Callable
 def send_answer(results: list[dict]) -> dict:
     """The body of a 202 to a manual send: `queued` holds the messages that will go
     (queued or deferred), `failed` those that will not, `messages` every result."""
-    return {"queued": [r["id"] for r in results if r["state"] in ("queued", "deferred")],
-            "failed": [r["id"] for r in results if r["state"] == "failed"],
+    return {"queued": [r["id"] for r in results if r["state"] in (MessageState.QUEUED, MessageState.DEFERRED)],
+            "failed": [r["id"] for r in results if r["state"] == MessageState.FAILED],
             "messages": results}
 
 
 def _result(message_id: int, m: PlannedMessage) -> dict:
-    state = {"planned": "queued"}.get(m.status, m.status)
+    state = {"planned": MessageState.QUEUED}.get(m.status, m.status)
     return {"id": message_id, "to": m.to, "recipient": m.recipient, "state": state, "reason": m.reason,
             "send_at": m.send_at.isoformat()}

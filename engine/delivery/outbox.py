@@ -1,10 +1,11 @@
 """The outbox's front door: how a planned message (a rule's, a campaign's, a manual send's)
-is written into the outbox, with its omni fallback fixed at that moment."""
+is written into the outbox, with its omni fallback fixed at that moment (how: engine/delivery/omni.py)."""
 
 from __future__ import annotations
 
 from typing import Mapping
 
+from herald.engine.delivery.omni import omni_options
 from herald.engine.rules.evaluate import PlannedMessage
 from herald.engine.store import MessageState, Store
 
@@ -24,11 +25,3 @@ def enqueue(store: Store, sites: Mapping, m: PlannedMessage, site: str, firing_i
         **omni_options(sites, m.channel, site, m.fallback_after))
     return message_id
 
-
-def omni_options(sites: Mapping, channel: str, site_id: str, fallback_after: float | None) -> dict:
-    """How an omni message falls back, fixed when it is written (a reload that changes the
-    site's `omni` does not change messages already queued)."""
-    if channel != "omni":
-        return {}
-    site = sites.get(site_id) or next(iter(sites.values()))
-    return {"omni": site.omni, "fallback_after": fallback_after or site.omni_deadline}

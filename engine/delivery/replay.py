@@ -14,14 +14,15 @@ from typing import Any, Mapping
 
 from herald.engine.errors import EventError
 from herald.engine.events import parse_time
+from herald.engine.store.states import MessageState
 
-REPLAYABLE = ("failed", "expired")
+REPLAYABLE = (MessageState.FAILED, MessageState.EXPIRED)
 MAX_REPLAY = 10_000
 
 
 @dataclass(frozen=True)
 class ReplayFilter:
-    states: tuple[str, ...] = ("failed",)
+    states: tuple[str, ...] = (MessageState.FAILED,)
     since: datetime | None = None
     until: datetime | None = None
     rule: str | None = None
@@ -39,7 +40,7 @@ def parse_filter(payload: Any) -> ReplayFilter:
     if unknown:
         raise EventError(f"unknown key {sorted(unknown)[0]!r}: use status, since, until, rule, ids, dry_run, now",
                          f"/{sorted(unknown)[0]}")
-    status = payload.get("status", "failed")
+    status = payload.get("status", MessageState.FAILED)
     states = tuple(status) if isinstance(status, list) else (status,)
     for i, state in enumerate(states):
         if state not in REPLAYABLE:
@@ -95,7 +96,7 @@ def _send_at(config, site_id: str, now: datetime, at_once: bool) -> datetime:
 
 
 def _copy(store, row: dict, send_at: datetime, now: datetime) -> tuple[int, str]:
-    state = "deferred" if send_at > now else "queued"
+    state = MessageState.DEFERRED if send_at > now else MessageState.QUEUED
     new_id, reference = store.add_message(
         site=row["site"], channel=row["channel"], to_phone=row["to_phone"], state=state, send_at=send_at,
         kind=row["kind"], event_id=row["event_id"], rule_id=row["rule_id"], firing_id=row["firing_id"],

@@ -83,7 +83,7 @@ class PlannedMessage:
     template: str | None = None
     event_id: str = ""
     stale_at: datetime | None = None    # not handed to BSG by then: expired
-    fallback_after: float | None = None # omni (engine): seconds Viber may take (None: the site's)
+    fallback_after: float | None = None # omni (engine): seconds Viber may take (None: the site's); see delivery/omni.py
 
     def as_json(self) -> dict:
         return {
