@@ -131,7 +131,11 @@ async def test_two_sites_two_time_zones_two_accounts(tmp_path, monkeypatch, capl
             assert admin["body"] == "Novy zakaz 2 (vl.shop.example)"
             assert len(msk.messages()) == 1
 
-            # statuses are asked with each site's key too: every message ends delivered
+            # statuses are asked with each site's key too: every message ends delivered. The
+            # clock moves on only once both sends are recorded (the fake has them before
+            # Herald writes `sent`; a send recorded after the move would be polled later)
+            await wait_for(lambda: len(daemon.store.messages(state="sent")) + len(
+                daemon.store.messages(state="delivered")) == 3, what="the three sends recorded")
             clock.current += timedelta(seconds=10)
             daemon.dispatcher.poll_wake.set()
             await wait_for(lambda: len(daemon.store.messages(state="delivered")) == 3,

@@ -36,6 +36,7 @@ class OutboxRow:
     send_at: float
     rule_id: str | None
     event_id: str | None
+    # The omni fallback's columns; every decision about them is in engine/delivery/omni.py.
     omni: str | None = None          # engine | provider (omni messages)
     leg: str | None = None           # engine omni: the leg to send now (viber | sms)
     sms_reference: str | None = None
