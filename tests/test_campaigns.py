@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import trio
 
 from tests.audience_helpers import ManualClock, fake_and_project, running, wait_for
+from tests.daemon_helpers import looked
 
 MSK = timezone(timedelta(hours=3))
 START = datetime(2026, 3, 2, 8, 0, tzinfo=MSK)           # Monday 08:00 Moscow: before the window
@@ -28,9 +29,6 @@ def at_fake(fake) -> Counter:
     return Counter(m["msisdn"] for m in fake.messages("sms"))
 
 
-QUIET = 0.3       # real seconds a "nothing more happens" check gives the woken feeder and dispatcher
-
-
 async def settled(daemon, cid: int) -> dict:
     """Wait until none of the campaign's messages is queued for the dispatcher or being
     sent: what BSG got of it is final then. A condition, not a guessed time — a loaded
@@ -43,11 +41,11 @@ async def settled(daemon, cid: int) -> dict:
 
 
 async def quiet_window(daemon) -> None:
-    """Before a "nothing more happens" assertion: wake the feeder and the dispatcher so each
-    looks at once (instead of within its own ≤ 1 s), and give them a moment to act wrongly."""
-    daemon.campaigns_wake.set()
-    daemon.dispatch_wake.set()
-    await trio.sleep(QUIET)
+    """Before a "nothing more happens" assertion: the feeder runs a whole round, then the
+    dispatcher a whole pass (sending what that round fed), both begun after this call —
+    whatever either would wrongly do has happened when it returns."""
+    await looked(daemon.campaigns_wake, "the campaign feeder")
+    await looked(daemon.dispatch_wake, "the dispatcher")
 
 
 async def status_when(client, cid, predicate, what: str, timeout: float = 20.0) -> dict:

@@ -20,7 +20,7 @@ from herald.engine.config import load_config
 from herald.engine.daemon import Daemon
 from herald.engine.runtime import Clock
 from herald.engine.bsg.fake import FakeBSG, serve
-from tests.daemon_helpers import free_port
+from tests.daemon_helpers import free_port, looked
 
 SMS_RULE = 'on order.created send sms to customer.phone text "Заказ #ORDER_ID# принят"\n'
 OMNI_RULE = 'on order.created send omni to customer.phone using "created"\n'
@@ -251,10 +251,10 @@ async def test_both_endpoints_down_for_a_virtual_hour_nothing_is_lost(tmp_path, 
             await main.down()
             await backup.down()
             await client.post("/events", json=[order(n, f"+790033300{n + 10:02d}") for n in range(1, 41)])
+            await wait_for(lambda: sum(states(daemon).values()) == 40, what=lambda: states(daemon))
             for step in [timedelta(seconds=5)] * 12 + [timedelta(minutes=5)] * 11:   # an hour
                 clock.current += step
-                daemon.dispatch_wake.set()
-                await trio.sleep(0.2)
+                await looked(daemon.dispatch_wake, "the dispatcher")    # it looks at each step
             assert len(journal(daemon, "provider.down")) == 2
             assert states(daemon) == {"queued": 40}
             held = daemon.store.messages(limit=1)[0]
@@ -302,7 +302,8 @@ async def test_engine_omni_deadline_then_a_late_viber_receipt_is_recorded_and_se
         async with daemon_for(config, clock) as (daemon, client):
             await client.post("/events", json=[order(8, "+79005550005")])     # …05: Viber never final
             await wait_for(lambda: len(main.fake.messages()) == 1, what="the Viber leg")
-            await trio.sleep(0.3)
+            await looked(daemon.dispatch_wake, "the dispatcher")
+            await looked(daemon.dispatcher.poll_wake, "the status poller")
             assert len(main.fake.messages()) == 1           # before the deadline: no SMS
             clock.current += timedelta(minutes=2, seconds=1)
             daemon.dispatch_wake.set()
@@ -318,7 +319,8 @@ async def test_engine_omni_deadline_then_a_late_viber_receipt_is_recorded_and_se
             await client.post("/bsg/callback/cbsecret", json=late)          # repeated: harmless
             message = daemon.store.messages()[0]
             assert (message["double_delivery"], message["viber_status"]) == (True, "delivered")
-            await trio.sleep(0.5)
+            await looked(daemon.dispatch_wake, "the dispatcher")
+            await looked(daemon.dispatcher.poll_wake, "the status poller")
             assert len(main.fake.messages()) == 2           # no third message
             assert journal(daemon, "message.delivered") == [] and journal(daemon, "message.failed") == []
             health = (await client.get("/health")).json()
@@ -412,7 +414,10 @@ async def test_a_rule_on_message_failed_cannot_feed_itself(tmp_path, monkeypatch
             main.fake.set_fault("error", code=21)              # every send fails, the admin's too
             await client.post("/events", json=[order(1, "+79008880011")])
             await wait_for(lambda: states(daemon) == {"failed": 2}, what=lambda: states(daemon))
-            await trio.sleep(0.5)
+            # every journaled event processed (the admin's message.failed too): a rule
+            # feeding itself would have put a third message in the outbox by now
+            await wait_for(lambda: not daemon.store.pending_events(1), what="the journal processed")
+            await looked(daemon.dispatch_wake, "the dispatcher")
             assert states(daemon) == {"failed": 2}
             (event,) = journal(daemon, "message.failed")
             assert event["message"]["to"] == "+79008880011"
