@@ -19,6 +19,12 @@ class Pulse:
     def set(self) -> None:
         self._event.set()
 
+    @property
+    def pending(self) -> bool:
+        """A `set()` the waiting task has not taken yet. Tests wait for it to clear to know
+        the task woke (see tests/daemon_helpers.py `looked`) instead of sleeping a guess."""
+        return self._event.is_set()
+
     async def wait(self, timeout: float) -> None:
         with trio.move_on_after(max(timeout, 0)):
             await self._event.wait()

@@ -92,3 +92,18 @@ async def herald(config_path: Path, **daemon_options):
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             yield daemon, client
         nursery.cancel_scope.cancel()
+
+
+async def looked(pulse, what: str = "the task", timeout: float = 30.0) -> None:
+    """Wake the task that waits on `pulse` (a herald.engine.runtime.Pulse, e.g. the
+    daemon's dispatch_wake or campaigns_wake) and return once it has run one whole round
+    that began after this call: the first set() is taken when it wakes; a second one,
+    set while that round runs, is taken only when the round is over. A condition, so a
+    "nothing more happens" check needs no guessed sleep."""
+    with trio.move_on_after(timeout):
+        for _ in range(2):
+            pulse.set()
+            while pulse.pending:
+                await trio.sleep(0.005)
+        return
+    raise AssertionError(f"{what} did not take its wake-up within {timeout:g}s")

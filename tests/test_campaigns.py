@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import trio
 
 from tests.audience_helpers import ManualClock, fake_and_project, running, wait_for
+from tests.daemon_helpers import looked
 
 MSK = timezone(timedelta(hours=3))
 START = datetime(2026, 3, 2, 8, 0, tzinfo=MSK)           # Monday 08:00 Moscow: before the window
@@ -28,6 +29,34 @@ def at_fake(fake) -> Counter:
     return Counter(m["msisdn"] for m in fake.messages("sms"))
 
 
+async def settled(daemon, cid: int) -> dict:
+    """Wait until none of the campaign's messages is queued for the dispatcher or being
+    sent: what BSG got of it is final then. A condition, not a guessed time — a loaded
+    machine takes longer than any guess."""
+    def in_flight() -> dict:
+        m = daemon.store.campaign_counts(cid)["messages"]
+        return {s: m[s] for s in ("queued", "sending") if m.get(s)}
+    await wait_for(lambda: not in_flight(), what=lambda: f"in flight still: {in_flight()}")
+    return daemon.store.campaign_counts(cid)
+
+
+async def quiet_window(daemon) -> None:
+    """Before a "nothing more happens" assertion: the feeder runs a whole round, then the
+    dispatcher a whole pass (sending what that round fed), both begun after this call —
+    whatever either would wrongly do has happened when it returns."""
+    await looked(daemon.campaigns_wake, "the campaign feeder")
+    await looked(daemon.dispatch_wake, "the dispatcher")
+
+
+async def status_when(client, cid, predicate, what: str, timeout: float = 20.0) -> dict:
+    """The campaign's status once `predicate(status)` holds (polled, bounded)."""
+    with trio.move_on_after(timeout):
+        while not predicate(body := await status(client, cid)):
+            await trio.sleep(0.05)
+        return body
+    raise AssertionError(f"timed out waiting for {what}: {body}")
+
+
 async def test_ten_thousand_recipients_window_restart_and_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     clock = ManualClock(START)
@@ -45,16 +74,26 @@ async def test_ten_thousand_recipients_window_restart_and_end(tmp_path, monkeypa
             cid = created["id"]
             assert created["total"] == 10_000 and created["state"] == "running"
             assert created["invalid"]["count"] == 1 and created["invalid"]["examples"][0].startswith("not a phone")
-            await trio.sleep(1.5)                        # the feeder looks: the window is closed
+            # the feeder looks at everyone while the window is closed: skips the opted-out
+            # number, defers the rest to 10:00 (so they go in list order when it opens)
+            opening = START.replace(hour=10).timestamp()
+            unseen = lambda: daemon.store._conn.execute(  # noqa: E731
+                "SELECT COUNT(*) FROM campaign_recipients WHERE campaign_id = ? AND state = 'pending' "
+                "AND not_before < ?", (cid, opening)).fetchone()[0]
+            await wait_for(lambda: unseen() == 0, timeout=60, what=lambda: f"the feeder's look: {unseen()} unseen")
+            await quiet_window(daemon)
             before = await status(client, cid)
             assert (before["queued"], before["skipped"], before["sent"]) == (9999, 1, 0) and fake.messages() == []
 
             clock.current = START.replace(hour=10)       # the window opens
-            await wait_for(lambda: len(fake.messages()) >= 3000, what="3000 sent before the restart")
+            daemon.campaigns_wake.set()
+            await wait_for(lambda: len(fake.messages()) >= 3000, timeout=90,
+                           what=lambda: f"3000 sent before the restart: {len(fake.messages())}")
         first_run = len(fake.messages())
 
         async with running(config, clock) as (daemon, client):     # a new daemon on the same store
-            await wait_for(lambda: len(fake.messages()) >= first_run + 2000, what="more sent after the restart")
+            await wait_for(lambda: len(fake.messages()) >= first_run + 2000, timeout=90,
+                           what=lambda: f"2000 more sent after the restart: {len(fake.messages()) - first_run}")
             clock.current = datetime(2026, 3, 2, 18, 0, 1, tzinfo=MSK)   # the end: the rest is recalled
             daemon.campaigns_wake.set()
             done = await wait_for(lambda: daemon.store.campaign(cid)["state"] == "ended", what="the end")
@@ -99,7 +138,7 @@ async def test_budget_stops_the_campaign_with_an_alert(tmp_path, monkeypatch):
             cid = r.json()["id"]
             stopped = await wait_for(lambda: daemon.store.campaign(cid)["state"] == "stopped", what="the stop")
             assert stopped
-            await trio.sleep(1.0)
+            await settled(daemon, cid)
             final = await status(client, cid)
             assert len(fake.messages()) == 50 and final["cost"] == "1" and final["queued"] == 250
             assert final["reason"] == "budget reached: spent 1.00 EUR of 1.00"
@@ -167,16 +206,15 @@ async def test_pause_resume_cancel_and_a_list_campaign(tmp_path, monkeypatch, ca
             await wait_for(lambda: len(fake.messages()) >= 30, what="some sent")
             paused = await trio.to_thread.run_sync(lambda: cli("campaign", "pause", "weekly"))
             assert " paused [" in paused
-            await trio.sleep(0.5)
+            await settled(daemon, 1)                               # what was being sent at the pause went
             count = len(fake.messages())
-            await trio.sleep(1.0)
+            await quiet_window(daemon)
             assert len(fake.messages()) == count                   # nothing goes while paused
             await trio.to_thread.run_sync(lambda: cli("campaign", "resume", "weekly"))
             await wait_for(lambda: len(fake.messages()) >= count + 5, what="more after resume")
             cancelled = await trio.to_thread.run_sync(lambda: cli("campaign", "cancel", "1"))
             assert " cancelled [" in cancelled
-            await trio.sleep(0.5)
-            final = await status(client, 1)
+            final = await status_when(client, 1, lambda s: not s["queued"], "nothing queued after the cancel")
             assert final["state"] == "cancelled" and final["queued"] == 0
             sent = at_fake(fake)
             assert max(sent.values()) == 1 and phones(60)[25].lstrip("+") not in sent
@@ -202,7 +240,7 @@ async def test_yaml_campaigns_load_once_and_bad_requests_say_where(tmp_path, mon
             await wait_for(lambda: daemon.store.campaign("spring"), what="the YAML campaign")
             assert (await client.post("/reload")).status_code == 200
             await wait_for(lambda: len(fake.messages()) == 2, what="its two messages")
-            await trio.sleep(1.2)
+            await quiet_window(daemon)                         # the feeder reads the reloaded folder
             listing = (await client.get("/campaigns")).json()["campaigns"]
             assert [(c["name"], c["origin"], c["total"]) for c in listing] == [("spring", "yaml:spring.yaml", 2)]
 
@@ -240,11 +278,10 @@ async def test_pausing_a_backlog_holds_it_and_the_daemon_survives_a_restart(tmp_
             cid = await _backlog(daemon, client, fake, 20)
             assert (await client.post(f"/campaigns/{cid}/pause")).status_code == 200
             await wait_for(lambda: daemon.store.campaign_counts(cid)["messages"] == {"held": 20}, what="held")
-            daemon.dispatch_wake.set()
-            await trio.sleep(1.0)                              # the dispatcher looks at the outbox
+            await quiet_window(daemon)                         # the dispatcher looks at the outbox
             assert (await client.get("/health")).status_code in (200, 503)
         async with running(config) as (daemon, client):        # a restart with held messages
-            await trio.sleep(1.0)
+            await quiet_window(daemon)
             assert (await client.get("/health")).status_code in (200, 503)
             fake.clear_faults()
             assert (await client.post(f"/campaigns/{cid}/resume")).status_code == 200
@@ -266,7 +303,7 @@ async def test_a_number_that_opts_out_while_its_message_is_held_never_gets_it(tm
                            what="the STOP confirmation")
             assert (await client.post(f"/campaigns/{cid}/resume")).status_code == 200
             await wait_for(lambda: len(fake.messages()) == 10, what="the nine others and the confirmation")
-            await trio.sleep(0.5)
+            await settled(daemon, cid)
             bodies = [m["body"] for m in fake.messages() if m["msisdn"] == stopper.lstrip("+")]
             assert "Sale" not in bodies and len(bodies) == 1
             final = await status(client, cid)
@@ -302,7 +339,7 @@ async def test_a_small_budget_is_never_overspent_before_the_first_price(tmp_path
                                                       "rate": "500/s", "budget": "0.10", "end": end})
             cid = r.json()["id"]
             await wait_for(lambda: daemon.store.campaign(cid)["state"] == "stopped", what="the budget stop")
-            await trio.sleep(0.5)
+            await settled(daemon, cid)
             final = await status(client, cid)
             assert len(fake.messages()) == 5 and final["cost"] == "0.1" and final["queued"] == 95
 

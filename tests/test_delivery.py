@@ -20,7 +20,8 @@ from herald.engine.config import load_config
 from herald.engine.daemon import Daemon
 from herald.engine.runtime import Clock
 from herald.engine.bsg.fake import FakeBSG, serve
-from tests.daemon_helpers import free_port
+from tests.daemon_helpers import free_port, looked
+from tests.virtual_daemon import MockTime, virtual_clock  # noqa: F401 (fixture)
 
 SMS_RULE = 'on order.created send sms to customer.phone text "Заказ #ORDER_ID# принят"\n'
 OMNI_RULE = 'on order.created send omni to customer.phone using "created"\n'
@@ -134,7 +135,9 @@ async def daemon_for(config: Path, clock: Clock | None = None):
     async with trio.open_nursery() as nursery:
         daemon = Daemon(load_config(config), clock=clock)
         url = await nursery.start(daemon.run)
-        async with httpx.AsyncClient(base_url=url) as client:
+        # a generous timeout: on a virtual clock it counts virtual seconds, which jump
+        # while the run waits for the store's thread
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             yield daemon, client
         nursery.cancel_scope.cancel()
 
@@ -169,11 +172,11 @@ def journal(daemon, type_: str) -> list:
 
 # ---------------------------------------------------------------------------- failover
 
-async def test_main_down_traffic_goes_through_the_backup_one_alert_and_comes_back(tmp_path, monkeypatch):
+async def test_main_down_traffic_goes_through_the_backup_one_alert_and_comes_back(tmp_path, monkeypatch, virtual_clock):
     monkeypatch.chdir(tmp_path)
     async with smtp_server() as (inbox, smtp_port), bsg_endpoints(2) as (main, backup):
         config = project(tmp_path, SMS_RULE, main.url, backup=backup.url, smtp=smtp_port)
-        async with daemon_for(config) as (daemon, client):
+        async with daemon_for(config, MockTime(virtual_clock)) as (daemon, client):
             await client.post("/events", json=[order(1, "+79001110011")])
             await wait_for(lambda: len(main.references()) == 1, what="the first message at main")
 
@@ -210,13 +213,13 @@ async def test_main_down_traffic_goes_through_the_backup_one_alert_and_comes_bac
             assert [a["what"] for a in moved["attempts"]][-2:] == ["send", "status"]
 
 
-async def test_a_dropped_request_is_looked_up_at_main_before_it_may_go_anywhere_else(tmp_path, monkeypatch):
+async def test_a_dropped_request_is_looked_up_at_main_before_it_may_go_anywhere_else(tmp_path, monkeypatch, virtual_clock):
     """`down` at the fake reads the request and hangs up: BSG may have taken it. Such a
     message waits for main to answer a lookup; new traffic goes through the backup."""
     monkeypatch.chdir(tmp_path)
     async with bsg_endpoints(2) as (main, backup):
         config = project(tmp_path, SMS_RULE, main.url, backup=backup.url)
-        async with daemon_for(config) as (daemon, client):
+        async with daemon_for(config, MockTime(virtual_clock)) as (daemon, client):
             main.fake.set_fault("down")
             await client.post("/events", json=[order(1, "+79002220011")])
             await wait_for(lambda: [m["uncertain_at"] for m in daemon.store.messages()] == ["main"],
@@ -251,10 +254,10 @@ async def test_both_endpoints_down_for_a_virtual_hour_nothing_is_lost(tmp_path, 
             await main.down()
             await backup.down()
             await client.post("/events", json=[order(n, f"+790033300{n + 10:02d}") for n in range(1, 41)])
+            await wait_for(lambda: sum(states(daemon).values()) == 40, what=lambda: states(daemon))
             for step in [timedelta(seconds=5)] * 12 + [timedelta(minutes=5)] * 11:   # an hour
                 clock.current += step
-                daemon.dispatch_wake.set()
-                await trio.sleep(0.2)
+                await looked(daemon.dispatch_wake, "the dispatcher")    # it looks at each step
             assert len(journal(daemon, "provider.down")) == 2
             assert states(daemon) == {"queued": 40}
             held = daemon.store.messages(limit=1)[0]
@@ -273,11 +276,13 @@ async def test_both_endpoints_down_for_a_virtual_hour_nothing_is_lost(tmp_path, 
 
 # ---------------------------------------------------------------------------- Herald's omni
 
-async def test_engine_omni_not_a_viber_user_gets_the_sms_variant(tmp_path, monkeypatch):
+async def test_engine_omni_not_a_viber_user_gets_the_sms_variant(tmp_path, monkeypatch, virtual_clock):
+    """On trio's MockClock (the daemon's clock follows it): the status polls 5 s after
+    each leg cost no real time."""
     monkeypatch.chdir(tmp_path)
     async with bsg_endpoints(1) as (main,):
         config = project(tmp_path, OMNI_RULE, main.url, site="    omni: engine\n")
-        async with daemon_for(config) as (daemon, client):
+        async with daemon_for(config, MockTime(virtual_clock)) as (daemon, client):
             await client.post("/events", json=[order(7, "+79004440001")])     # …01: not a Viber user
             await wait_for(lambda: states(daemon) == {"delivered": 1}, what="delivered by SMS")
             viber, sms = main.fake.messages()
@@ -302,7 +307,8 @@ async def test_engine_omni_deadline_then_a_late_viber_receipt_is_recorded_and_se
         async with daemon_for(config, clock) as (daemon, client):
             await client.post("/events", json=[order(8, "+79005550005")])     # …05: Viber never final
             await wait_for(lambda: len(main.fake.messages()) == 1, what="the Viber leg")
-            await trio.sleep(0.3)
+            await looked(daemon.dispatch_wake, "the dispatcher")
+            await looked(daemon.dispatcher.poll_wake, "the status poller")
             assert len(main.fake.messages()) == 1           # before the deadline: no SMS
             clock.current += timedelta(minutes=2, seconds=1)
             daemon.dispatch_wake.set()
@@ -318,7 +324,8 @@ async def test_engine_omni_deadline_then_a_late_viber_receipt_is_recorded_and_se
             await client.post("/bsg/callback/cbsecret", json=late)          # repeated: harmless
             message = daemon.store.messages()[0]
             assert (message["double_delivery"], message["viber_status"]) == (True, "delivered")
-            await trio.sleep(0.5)
+            await looked(daemon.dispatch_wake, "the dispatcher")
+            await looked(daemon.dispatcher.poll_wake, "the status poller")
             assert len(main.fake.messages()) == 2           # no third message
             assert journal(daemon, "message.delivered") == [] and journal(daemon, "message.failed") == []
             health = (await client.get("/health")).json()
@@ -340,11 +347,11 @@ async def test_a_receipt_for_an_unknown_reference_is_logged_and_ignored(tmp_path
 
 # ---------------------------------------------------------------------------- alerts and dead letters
 
-async def test_operator_error_mails_once_and_failed_messages_can_be_replayed(tmp_path, monkeypatch):
+async def test_operator_error_mails_once_and_failed_messages_can_be_replayed(tmp_path, monkeypatch, virtual_clock):
     monkeypatch.chdir(tmp_path)
     async with smtp_server() as (inbox, smtp_port), bsg_endpoints(1) as (main,):
         config = project(tmp_path, SMS_RULE, main.url, smtp=smtp_port)
-        async with daemon_for(config) as (daemon, client):
+        async with daemon_for(config, MockTime(virtual_clock)) as (daemon, client):
             main.fake.set_fault("error", code=8)                  # not enough funds, for every request
             await client.post("/events", json=[order(n, f"+790066600{n + 10:02d}") for n in range(1, 6)])
             await wait_for(lambda: states(daemon).get("queued") == 5 and inbox.mails, what="held + one alert")
@@ -375,7 +382,7 @@ async def test_operator_error_mails_once_and_failed_messages_can_be_replayed(tmp
             await wait_for(lambda: len(inbox.mails) == 2, what="the recovery mail")
 
 
-async def test_low_balance_mails_once_and_is_an_event_rules_can_use(tmp_path, monkeypatch):
+async def test_low_balance_mails_once_and_is_an_event_rules_can_use(tmp_path, monkeypatch, virtual_clock):
     monkeypatch.chdir(tmp_path)
     rules = SMS_RULE + ('rule "balance" on provider.balance if provider.low '
                         'send sms to "+79007770077" text "Баланс BSG: #PROVIDER_BALANCE# #PROVIDER_CURRENCY#"\n')
@@ -386,8 +393,10 @@ async def test_low_balance_mails_once_and_is_an_event_rules_can_use(tmp_path, mo
         await main.up()
         config = project(tmp_path, rules, main.url, smtp=smtp_port,
                          bsg="  balance_alert: 100\n  balance_every: 1s\n")
-        async with daemon_for(config) as (daemon, client):
+        async with daemon_for(config, MockTime(virtual_clock)) as (daemon, client):
             await wait_for(lambda: len(journal(daemon, "provider.balance")) >= 3, what="three balance reads")
+            # the alert mail goes from its own task (over SMTP, in a thread): virtual reads can be quicker
+            await wait_for(lambda: inbox.mails, what="the low-balance mail")
             low = journal(daemon, "provider.balance")[0]["provider"]
             assert (low["name"], Decimal(low["balance"]), low["low"], low["threshold"]) == ("main", Decimal("42.5"), True, 100)
             assert len(inbox.mails) == 1 and "balance is low" in inbox.subjects()[0]
@@ -412,19 +421,22 @@ async def test_a_rule_on_message_failed_cannot_feed_itself(tmp_path, monkeypatch
             main.fake.set_fault("error", code=21)              # every send fails, the admin's too
             await client.post("/events", json=[order(1, "+79008880011")])
             await wait_for(lambda: states(daemon) == {"failed": 2}, what=lambda: states(daemon))
-            await trio.sleep(0.5)
+            # every journaled event processed (the admin's message.failed too): a rule
+            # feeding itself would have put a third message in the outbox by now
+            await wait_for(lambda: not daemon.store.pending_events(1), what="the journal processed")
+            await looked(daemon.dispatch_wake, "the dispatcher")
             assert states(daemon) == {"failed": 2}
             (event,) = journal(daemon, "message.failed")
             assert event["message"]["to"] == "+79008880011"
 
 
-async def test_an_unknown_outcome_survives_a_refused_retry_and_waits_for_main(tmp_path, monkeypatch):
+async def test_an_unknown_outcome_survives_a_refused_retry_and_waits_for_main(tmp_path, monkeypatch, virtual_clock):
     """Main takes the message but answers too late (unknown), then refuses connections
     (certain — about the retry only). The message must wait for main, never go to the backup."""
     monkeypatch.chdir(tmp_path)
     async with bsg_endpoints(2) as (main, backup):
         config = project(tmp_path, SMS_RULE, main.url, backup=backup.url)
-        async with daemon_for(config) as (daemon, client):
+        async with daemon_for(config, MockTime(virtual_clock)) as (daemon, client):
             main.fake.set_fault("slow", delay=3.0, count=1)      # main takes it after Herald gave up
             await client.post("/events", json=[order(1, "+79002220011")])
             await wait_for(lambda: [m["uncertain_at"] for m in daemon.store.messages()] == ["main"], what="unknown")
@@ -448,11 +460,11 @@ async def test_an_unknown_outcome_survives_a_refused_retry_and_waits_for_main(tm
             assert main.references() == [first["reference"]]     # once, at main; never at the backup
 
 
-async def test_a_duplicate_answer_then_a_failed_lookup_keeps_the_message_at_that_endpoint(tmp_path, monkeypatch):
+async def test_a_duplicate_answer_then_a_failed_lookup_keeps_the_message_at_that_endpoint(tmp_path, monkeypatch, virtual_clock):
     monkeypatch.chdir(tmp_path)
     async with bsg_endpoints(2) as (main, backup):
         config = project(tmp_path, SMS_RULE, main.url, backup=backup.url)
-        async with daemon_for(config) as (daemon, client):
+        async with daemon_for(config, MockTime(virtual_clock)) as (daemon, client):
             main.fake.set_fault("slow", delay=3.0, count=1)
             await client.post("/events", json=[order(1, "+79002220011")])
             await wait_for(lambda: len(main.references()) == 1, what="main stored it")
@@ -495,13 +507,13 @@ async def test_engine_omni_viber_delivered_late_after_the_sms_failed_is_delivere
             assert len(main.fake.messages()) == 2
 
 
-async def test_an_id_only_report_must_name_one_message(tmp_path, monkeypatch):
+async def test_an_id_only_report_must_name_one_message(tmp_path, monkeypatch, virtual_clock):
     """BSG ids are per endpoint: the same id at main and at the backup is ambiguous unless
     the report comes on the endpoint's own path."""
     monkeypatch.chdir(tmp_path)
     async with bsg_endpoints(2, delivery_delay=30) as (main, backup):
         config = project(tmp_path, SMS_RULE, main.url, backup=backup.url, bsg="  callback_secret: cbsecret\n")
-        async with daemon_for(config) as (daemon, client):
+        async with daemon_for(config, MockTime(virtual_clock)) as (daemon, client):
             await client.post("/events", json=[order(1, "+79004440011")])
             await wait_for(lambda: [m["state"] for m in daemon.store.messages()] == ["sent"], what="sent at main")
             await main.down()
@@ -521,7 +533,9 @@ async def test_an_id_only_report_must_name_one_message(tmp_path, monkeypatch):
 
 async def test_recovery_after_a_crash_does_not_hold_up_the_api(tmp_path, monkeypatch):
     """A message left `sending` by a crash, its endpoint answering slowly: the API answers
-    while the look-up is still out, and the message is then resolved (found: not resent)."""
+    while the look-up is still out, and the message is then resolved (found: not resent).
+    In real time: on a virtual clock the slow answer could come while the run waits for
+    the store's thread, before the API is asked."""
     from herald.engine.store import Store
     monkeypatch.chdir(tmp_path)
     async with bsg_endpoints(1) as (main,):

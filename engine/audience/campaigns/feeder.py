@@ -208,6 +208,11 @@ class Feeder:
         now = datetime.fromtimestamp(now_ts, timezone.utc)
         fed, deferred = 0, []
         with store.transaction():
+            # a pause, stop or cancel may have committed since this round read the campaign
+            # (the round awaits the database between the two): it wins, nothing is fed
+            current = store.campaign(c["id"])
+            if current is None or current["state"] != "active":
+                return 0, True, None
             for r in rows:
                 if r["phone"] in opted:
                     store.mark_recipient(c["id"], r["seq"], "skipped", reason="on the opt-out list")
